@@ -1,0 +1,3 @@
+"""bcs — Backup Copy Shell: PowerShell-style cmdlets that copy backup chains."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from cmdlets.host.runner import main
+
+main()

@@ -1,0 +1,109 @@
+"""Backup job state: enabled or not, and which copy sessions hold the job disabled.
+
+The inventory says whether a job is enabled; once a command changes that, the job's record in
+the state directory (``jobs/<name>.json``) says it instead. Copy sessions place *holds*: while
+any session holds a job, the job stays disabled and cannot be enabled without ``-Force``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from cmdlets.backup.inventory import Inventory, Job
+from cmdlets.host.errors import InvalidOperationError, NotFoundError
+from cmdlets.store import StateDir
+
+KIND = "jobs"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobState:
+    enabled: bool
+    held_by: tuple[str, ...] = ()
+    last_run: str | None = None
+    last_result: str | None = None
+    revision: int = 0
+
+
+def state_of(job: Job, record: dict[str, Any] | None) -> JobState:
+    if record is None:
+        return JobState(enabled=job.enabled)
+    return JobState(
+        enabled=bool(record.get("Enabled", job.enabled)),
+        held_by=tuple(record.get("HeldBy") or ()),
+        last_run=record.get("LastRun"),
+        last_result=record.get("LastResult"),
+        revision=int(record.get("Revision", 0)),
+    )
+
+
+def read_state(state: StateDir, job: Job) -> JobState:
+    return state_of(job, state.read(KIND, job.name))
+
+
+def find_job(inventory: Inventory, name: str) -> Job:
+    job = inventory.job(name)
+    if job is None:
+        known = ", ".join(j.name for j in inventory.jobs) or "none"
+        raise NotFoundError(
+            f"no backup job named '{name}' in {inventory.path.name} (jobs: {known})", target=name
+        )
+    return job
+
+
+def _base(job: Job, record: dict[str, Any] | None) -> dict[str, Any]:
+    current = state_of(job, record)
+    base = dict(record or {})
+    base.update(Name=job.name, Enabled=current.enabled, HeldBy=list(current.held_by))
+    base["Revision"] = current.revision + 1
+    return base
+
+
+def set_enabled(
+    state: StateDir, job: Job, enabled: bool, now: datetime, *, force: bool = False
+) -> JobState:
+    """Enable or disable ``job``. Enabling a job held by copy sessions needs ``force``, which
+    also drops the holds' claim to re-enable it later (the administrator decided)."""
+
+    def change(record: dict[str, Any] | None) -> dict[str, Any]:
+        current = state_of(job, record)
+        if enabled and current.held_by and not force:
+            sessions = ", ".join(current.held_by)
+            raise InvalidOperationError(
+                f"backup job '{job.name}' is held disabled by copy session {sessions}; finalize "
+                "the session (Resume-CopySession) or use -Force",
+                target=job.name,
+                error_id="JobHeldByCopySession",
+            )
+        new = _base(job, record)
+        new["Enabled"] = enabled
+        new["ChangeTime"] = now.isoformat()
+        return new
+
+    return state_of(job, state.update(KIND, job.name, change))
+
+
+def record_run(state: StateDir, job: Job, now: datetime, result: str) -> JobState:
+    def change(record: dict[str, Any] | None) -> dict[str, Any]:
+        new = _base(job, record)
+        new.update(LastRun=now.isoformat(), LastResult=result)
+        return new
+
+    return state_of(job, state.update(KIND, job.name, change))
+
+
+def job_object(job: Job, current: JobState) -> dict[str, Any]:
+    return {
+        "TypeName": "BackupCopy.BackupJob",
+        "Name": job.name,
+        "Type": "AgentPolicy" if job.type == "agent-policy" else "BackupJob",
+        "Repository": job.repository,
+        "Source": job.source,
+        "Enabled": current.enabled,
+        "HeldBy": list(current.held_by),
+        "LastRun": current.last_run,
+        "LastResult": current.last_result,
+        "Revision": current.revision,
+    }

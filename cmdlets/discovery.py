@@ -1,0 +1,117 @@
+"""Discovery cmdlets: Get-Command, Get-Help, Get-Plugin."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from cmdlets.host.context import Context
+from cmdlets.host.errors import NotFoundError
+from cmdlets.host.registry import Param, cmdlet
+
+COMMAND_NAME = Param(
+    position=0, by_property=True, aliases=("Cmdlet",), help="Cmdlet name or wildcard pattern.",
+    completes="cmdlet",
+)
+
+
+@cmdlet("Get-Command", output_type="BackupCopy.Command")
+def get_command(
+    ctx: Context,
+    name: Annotated[list[str] | None, COMMAND_NAME] = None,
+    noun: Annotated[str | None, Param(help="Only cmdlets of this noun (wildcards allowed).")] = None,
+    verb: Annotated[str | None, Param(help="Only cmdlets of this verb (wildcards allowed).")] = None,
+) -> Iterator[dict[str, Any]]:
+    """List the cmdlets that bcs and its plugins provide.
+
+    Examples:
+      Get-Command
+      Get-Command -Noun CopySession
+      Get-Command *-BackupJob
+    """
+    patterns = [n.lower() for n in name or ["*"]]
+    for item in ctx.registry:
+        if not any(fnmatch.fnmatch(item.name.lower(), p) for p in patterns):
+            continue
+        if noun and not fnmatch.fnmatch(item.noun.lower(), noun.lower()):
+            continue
+        if verb and not fnmatch.fnmatch(item.verb.lower(), verb.lower()):
+            continue
+        yield {
+            "TypeName": "BackupCopy.Command",
+            "Name": item.name,
+            "Verb": item.verb,
+            "Noun": item.noun,
+            "Plugin": item.plugin,
+            "Synopsis": item.synopsis,
+        }
+
+
+@cmdlet("Get-Help")
+def get_help(
+    ctx: Context,
+    name: Annotated[str | None, COMMAND_NAME] = None,
+    examples: Annotated[bool, Param(help="Only the examples.")] = False,
+    full: Annotated[bool, Param(help="Everything, common parameters included.")] = False,
+) -> Iterator[str]:
+    """Show the help of a cmdlet: synopsis, syntax, parameters, examples and exit status.
+
+    Examples:
+      Get-Help Start-BackupCopy
+      Get-Help Resume-CopySession -Examples
+      Get-Help Get-BackupJob -Full
+    """
+    from cmdlets.host.help import render_help
+    from cmdlets.host.runner import USAGE, unknown_cmdlet
+
+    if not name:
+        yield USAGE.rstrip("\n")
+        return
+    item = ctx.registry.get(name)
+    if item is None:
+        raise unknown_cmdlet(name, ctx.registry)
+    yield render_help(item, examples_only=examples, full=full)
+
+
+@cmdlet("Get-Plugin", output_type="BackupCopy.Plugin")
+def get_plugin(
+    ctx: Context,
+    name: Annotated[list[str] | None, Param(position=0, help="Plugin names.")] = None,
+) -> Iterator[dict[str, Any]]:
+    """List the plugins found through the entry-point group bcs.plugins, loaded or not.
+
+    BCS_LOAD_PLUGINS (a comma list; empty loads none) chooses which outside plugins load; the
+    built-in cmdlets are a plugin too and always load.
+
+    Examples:
+      Get-Plugin
+      BCS_LOAD_PLUGINS= Get-Plugin
+    """
+    from cmdlets.host.plugins import chosen, discover, load
+
+    everything = discover()
+    picked = {id(ep) for ep in chosen(everything, ctx.env.environ)}
+    _, infos = load(ctx.env.environ, lambda _m: None)
+    by_name = {info.entry_point.name: info for info in infos}
+    wanted = {n.lower() for n in name or []}
+    found = False
+    for ep in everything:
+        if wanted and ep.name.lower() not in wanted:
+            continue
+        found = True
+        info = by_name.get(ep.name)
+        yield {
+            "TypeName": "BackupCopy.Plugin",
+            "Name": ep.name,
+            "Distribution": ep.distribution,
+            "Version": ep.version,
+            "Module": ep.value,
+            "Builtin": ep.builtin,
+            "Enabled": id(ep) in picked,
+            "Loaded": bool(info and info.loaded),
+            "Cmdlets": info.cmdlets if info else [],
+            "Error": info.error if info else None,
+        }
+    if wanted and not found:
+        raise NotFoundError(f"no plugin named {', '.join(sorted(wanted))}")

@@ -1,0 +1,86 @@
+"""Objects formatted for a terminal: tables of default display properties, or lists."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from cmdlets.host.schemas import display_properties
+
+MAX_CELL = 48
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        if "Name" in value:
+            return cell(value["Name"])
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value).replace("\n", " ")
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _columns(objects: list[dict[str, Any]]) -> list[str]:
+    type_name = objects[0].get("TypeName")
+    props = display_properties(type_name) if isinstance(type_name, str) else None
+    if props:
+        return props
+    seen: dict[str, None] = {}
+    for obj in objects:
+        for key in obj:
+            if key != "TypeName":
+                seen.setdefault(key, None)
+    return list(seen)[:8]
+
+
+def format_table(objects: list[dict[str, Any]], width: int = 120) -> str:
+    columns = _columns(objects)
+    rows = [[_clip(cell(obj.get(c)), MAX_CELL) for c in columns] for obj in objects]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths).rstrip(),
+    ]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(line[:width] if width > 0 else line for line in lines)
+
+
+def format_list(objects: list[dict[str, Any]]) -> str:
+    blocks = []
+    for obj in objects:
+        keys = [k for k in obj if k != "TypeName"]
+        pad = max((len(k) for k in keys), default=0)
+        blocks.append("\n".join(f"{k.ljust(pad)} : {cell(obj[k])}" for k in keys))
+    return "\n\n".join(blocks)
+
+
+def format_objects(objects: Iterable[Any], how: str, width: int = 120) -> str:
+    """Format everything written, grouping consecutive objects of one type into one table."""
+    out: list[str] = []
+    group: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if group:
+            text = format_list(group) if how == "List" else format_table(group, width)
+            out.append(text)
+            group.clear()
+
+    for obj in objects:
+        if not isinstance(obj, dict):
+            flush()
+            out.append(str(obj))
+            continue
+        if group and obj.get("TypeName") != group[0].get("TypeName"):
+            flush()
+        group.append(obj)
+    flush()
+    return "\n\n".join(out)
