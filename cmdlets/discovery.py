@@ -11,7 +11,10 @@ from cmdlets.host.errors import NotFoundError
 from cmdlets.host.registry import Param, cmdlet
 
 COMMAND_NAME = Param(
-    position=0, by_property=True, aliases=("Cmdlet",), help="Cmdlet name or wildcard pattern.",
+    position=0,
+    by_property=True,
+    aliases=("Cmdlet",),
+    help="Cmdlet name or wildcard pattern.",
     completes="cmdlet",
 )
 
@@ -20,8 +23,12 @@ COMMAND_NAME = Param(
 def get_command(
     ctx: Context,
     name: Annotated[list[str] | None, COMMAND_NAME] = None,
-    noun: Annotated[str | None, Param(help="Only cmdlets of this noun (wildcards allowed).")] = None,
-    verb: Annotated[str | None, Param(help="Only cmdlets of this verb (wildcards allowed).")] = None,
+    noun: Annotated[
+        str | None, Param(help="Only cmdlets of this noun (wildcards allowed).")
+    ] = None,
+    verb: Annotated[
+        str | None, Param(help="Only cmdlets of this verb (wildcards allowed).")
+    ] = None,
 ) -> Iterator[dict[str, Any]]:
     """List the cmdlets that bcs and its plugins provide.
 
@@ -54,8 +61,10 @@ def get_help(
     name: Annotated[str | None, COMMAND_NAME] = None,
     examples: Annotated[bool, Param(help="Only the examples.")] = False,
     full: Annotated[bool, Param(help="Everything, common parameters included.")] = False,
-) -> Iterator[str]:
+) -> None:
     """Show the help of a cmdlet: synopsis, syntax, parameters, examples and exit status.
+
+    Help is text for a person: it goes straight to the output, not into the pipeline.
 
     Examples:
       Get-Help Start-BackupCopy
@@ -66,12 +75,14 @@ def get_help(
     from cmdlets.host.runner import USAGE, unknown_cmdlet
 
     if not name:
-        yield USAGE.rstrip("\n")
-        return
-    item = ctx.registry.get(name)
-    if item is None:
-        raise unknown_cmdlet(name, ctx.registry)
-    yield render_help(item, examples_only=examples, full=full)
+        text = USAGE
+    else:
+        item = ctx.registry.get(name)
+        if item is None:
+            raise unknown_cmdlet(name, ctx.registry)
+        text = render_help(item, examples_only=examples, full=full) + "\n"
+    ctx.env.stdout.write(text)
+    ctx.env.stdout.flush()
 
 
 @cmdlet("Get-Plugin", output_type="BackupCopy.Plugin")
@@ -88,19 +99,13 @@ def get_plugin(
       Get-Plugin
       BCS_LOAD_PLUGINS= Get-Plugin
     """
-    from cmdlets.host.plugins import chosen, discover, load
-
-    everything = discover()
-    picked = {id(ep) for ep in chosen(everything, ctx.env.environ)}
-    _, infos = load(ctx.env.environ, lambda _m: None)
-    by_name = {info.entry_point.name: info for info in infos}
     wanted = {n.lower() for n in name or []}
     found = False
-    for ep in everything:
+    for info in ctx.registry.plugins:
+        ep = info.entry_point
         if wanted and ep.name.lower() not in wanted:
             continue
         found = True
-        info = by_name.get(ep.name)
         yield {
             "TypeName": "BackupCopy.Plugin",
             "Name": ep.name,
@@ -108,10 +113,10 @@ def get_plugin(
             "Version": ep.version,
             "Module": ep.value,
             "Builtin": ep.builtin,
-            "Enabled": id(ep) in picked,
-            "Loaded": bool(info and info.loaded),
-            "Cmdlets": info.cmdlets if info else [],
-            "Error": info.error if info else None,
+            "Enabled": info.enabled,
+            "Loaded": info.loaded,
+            "Cmdlets": info.cmdlets,
+            "Error": info.error,
         }
     if wanted and not found:
         raise NotFoundError(f"no plugin named {', '.join(sorted(wanted))}")

@@ -33,7 +33,7 @@ def free_bytes(path: str | None) -> int | None:
 
 
 def repository_object(repo: Repository) -> dict[str, Any]:
-    extents = [
+    extents: list[dict[str, Any]] = [
         {
             "Name": e.name,
             "Path": e.path,
@@ -42,6 +42,7 @@ def repository_object(repo: Repository) -> dict[str, Any]:
         }
         for e in repo.extents
     ]
+    free: int | None
     if extents:
         free = sum(e["FreeBytes"] or 0 for e in extents if not e["Maintenance"])
     else:
@@ -88,11 +89,13 @@ def get_repository(
             yield repository_object(repo)
         return
     for wanted in name:
-        repo = inventory.repository(wanted)
-        if repo is None:
+        found = inventory.repository(wanted)
+        if found is None:
             known = ", ".join(r.name for r in inventory.repositories) or "none"
             ctx.write_error(
-                NotFoundError(f"no repository named '{wanted}' (repositories: {known})", target=wanted)
+                NotFoundError(
+                    f"no repository named '{wanted}' (repositories: {known})", target=wanted
+                )
             )
             continue
-        yield repository_object(repo)
+        yield repository_object(found)

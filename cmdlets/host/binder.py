@@ -16,7 +16,9 @@ from cmdlets.host.errors import InvalidInputError, UsageError
 from cmdlets.host.registry import Cmdlet, Parameter
 
 # -Name, -Name:value, --name, --name=value (GNU style).
-_NAME = re.compile(r"^(?:-([A-Za-z][A-Za-z0-9_]*)(?::(.*))?|--([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?)$", re.DOTALL)
+_NAME = re.compile(
+    r"^(?:-([A-Za-z][A-Za-z0-9_]*)(?::(.*))?|--([A-Za-z][A-Za-z0-9_-]*)(?:[:=](.*))?)$", re.DOTALL
+)
 _TRUE = {"$true", "true", "1", "yes"}
 _FALSE = {"$false", "false", "0", "no"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
@@ -148,7 +150,9 @@ def _store(bound: dict[str, Any], param: Parameter, raw: str | list[str]) -> Non
     else:
         if isinstance(raw, list):
             if len(raw) != 1:
-                raise UsageError(f"-{param.name} takes one value, not {len(raw)}", target=param.name)
+                raise UsageError(
+                    f"-{param.name} takes one value, not {len(raw)}", target=param.name
+                )
             raw = raw[0]
         bound[param.python_name] = convert(param, raw)
 
@@ -251,7 +255,7 @@ def _type_word(param: Parameter) -> str:
 def bind_object(item: Cmdlet, obj: Any, line: int) -> dict[str, Any]:
     """Bind one pipeline object: by value (its TypeName), else by property name."""
     params = item.pipeline_parameters()
-    type_name = obj.get("TypeName") if isinstance(obj, dict) else "String"
+    type_name = str(obj.get("TypeName") or "") if isinstance(obj, dict) else "String"
     for param in params:
         accepts = param.decl.by_value or {}
         if type_name in accepts:

@@ -20,11 +20,18 @@ def _common(name: str, kind: str, help: str, values: tuple[str, ...] | None = No
 
 _ALWAYS = (
     _common("Inventory", "str", "Inventory file (else $BCS_INVENTORY, else ./inventory.yaml)."),
-    _common("StateDir", "str", "State directory (else $BCS_STATE_DIR, else .bcs/ beside the inventory)."),
+    _common(
+        "StateDir", "str", "State directory (else $BCS_STATE_DIR, else .bcs/ beside the inventory)."
+    ),
     _common("OutputFormat", "str", "How to write objects: Table, List or Json.", OUTPUT_FORMATS),
     _common("Verbose", "bool", "Write what is being done to stderr."),
     _common("Debug", "bool", "Show tracebacks of internal errors."),
-    _common("ErrorAction", "str", "What an error does: Stop, Continue or SilentlyContinue.", ERROR_ACTIONS),
+    _common(
+        "ErrorAction",
+        "str",
+        "What an error does: Stop, Continue or SilentlyContinue.",
+        ERROR_ACTIONS,
+    ),
 )
 _CHANGING = (_common("WhatIf", "bool", "Show what would happen and change nothing."),)
 _DESTRUCTIVE = (

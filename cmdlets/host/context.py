@@ -117,7 +117,7 @@ class Context:
     def inventory(self) -> Inventory:
         from cmdlets.backup.inventory import load_inventory
 
-        return load_inventory(self.inventory_path, cache_dir=self.state_path / "cache")
+        return load_inventory(self.inventory_path, cache_dir=self.state.directory("cache"))
 
     @cached_property
     def state(self) -> StateDir:
@@ -177,7 +177,7 @@ class Context:
                 error_id="ConfirmationRequired",
             )
         self.env.stderr.write(
-            f'Confirm\nAre you sure you want to perform this action?\nPerforming the operation '
+            f"Confirm\nAre you sure you want to perform this action?\nPerforming the operation "
             f'"{operation}" on target "{target}".\n[Y] Yes  [N] No  (default is "N"): '
         )
         self.env.stderr.flush()

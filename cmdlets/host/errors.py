@@ -24,9 +24,7 @@ class BcsError(Exception):
     category: str = "NotSpecified"
     error_id: str = "OperationFailed"
 
-    def __init__(
-        self, message: str, *, target: Any = None, error_id: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, target: Any = None, error_id: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.target = target

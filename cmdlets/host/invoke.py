@@ -28,9 +28,7 @@ def options_from(item: Cmdlet, bound: dict[str, Any]) -> tuple[Options, dict[str
     return options, own
 
 
-def make_context(
-    env: Environment, registry: Registry, item: Cmdlet, options: Options
-) -> Context:
+def make_context(env: Environment, registry: Registry, item: Cmdlet, options: Options) -> Context:
     return Context(env, options, item.name, registry)
 
 

@@ -48,6 +48,7 @@ class PluginInfo:
     module: Any = None
     cmdlets: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    enabled: bool = False
     loaded: bool = False
 
 
@@ -132,9 +133,15 @@ def load(
 ) -> tuple[Registry, list[PluginInfo]]:
     registry = Registry()
     infos: list[PluginInfo] = []
-    for ep in chosen(discover(path), environ):
+    found = discover(path)
+    picked = chosen(found, environ)
+    registry.plugins = infos
+    for ep in found:
         info = PluginInfo(ep)
         infos.append(info)
+        if ep not in picked:
+            continue
+        info.enabled = True
         try:
             info.module = _resolve(ep.value)
             items = list(check_hooks(info.module)())
@@ -150,5 +157,5 @@ def load(
             info.loaded = True
         except Exception as exc:  # noqa: BLE001 - any failure of outside code is reported, not fatal
             info.error = f"{type(exc).__name__}: {exc}"
-            warn(f"plugin '{ep.name}' ({ep.distribution}) failed to load and is skipped: {info.error}")
+            warn(f"plugin '{ep.name}' ({ep.distribution}) failed to load, skipped: {info.error}")
     return registry, infos

@@ -150,7 +150,9 @@ class Cmdlet:
                 annotation = base
             default = None if sig.default is inspect.Parameter.empty else sig.default
             params.append(
-                Parameter(pascal_case(python_name), python_name, _kind_of(annotation), decl, default)
+                Parameter(
+                    pascal_case(python_name), python_name, _kind_of(annotation), decl, default
+                )
             )
         params.extend(common_parameters(self, {p.name.lower() for p in params}))
         return params
@@ -178,6 +180,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._cmdlets: dict[str, Cmdlet] = {}
+        # What plugin loading found (cmdlets.host.plugins.PluginInfo), for Get-Plugin.
+        self.plugins: list[Any] = []
 
     def add(self, item: Cmdlet, plugin: str) -> None:
         key = item.name.lower()

@@ -80,7 +80,9 @@ def run_stages(stages: list[Stage], env: Environment, registry: Registry) -> int
 
             env.stdout.write(render_help(item, full=True) + "\n")
             return ExitStatus.SUCCESS
-    debug = any(isinstance(t, str) and t.lower() in ("-debug", "--debug") for _, ts in stages for t in ts)
+    debug = any(
+        isinstance(t, str) and t.lower() in ("-debug", "--debug") for _, ts in stages for t in ts
+    )
     contexts: list[Any] = []
     current = stages[0][0]
     try:
@@ -139,7 +141,9 @@ def _tracking(objects: Iterator[Any], item: Cmdlet) -> Iterator[Any]:
         raise
 
 
-def _drained_first(upstream: Iterator[Any], item: Cmdlet, ctx: Any, own: dict[str, Any]) -> Iterator[Any]:
+def _drained_first(
+    upstream: Iterator[Any], item: Cmdlet, ctx: Any, own: dict[str, Any]
+) -> Iterator[Any]:
     """A stage that takes no pipeline input still lets the stages before it run to the end."""
     for _ in upstream:
         pass

@@ -206,7 +206,9 @@ class StateDir:
             names = os.listdir(folder)
         except FileNotFoundError:
             return []
-        return sorted(key_from_file(n) for n in names if n.endswith(".json") and not n.startswith("."))
+        return sorted(
+            key_from_file(n) for n in names if n.endswith(".json") and not n.startswith(".")
+        )
 
     def records(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for key in self.keys(kind):
