@@ -6,7 +6,6 @@ the parameter's type. Pipeline objects bind through :func:`bind_object`.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -45,6 +44,8 @@ def find_parameter(item: Cmdlet, written: str) -> Parameter:
             error_id="AmbiguousParameter",
         )
     every = [n for p in item.parameters for n in p.all_names()]
+    import difflib
+
     close = difflib.get_close_matches(written, every, n=3, cutoff=0.5) or difflib.get_close_matches(
         written.lower(), [n.lower() for n in every], n=3, cutoff=0.5
     )
@@ -169,6 +170,8 @@ def convert(param: Parameter, raw: Any) -> Any:
         for allowed in values:
             if allowed.lower() == text.lower():
                 return allowed
+        import difflib
+
         close = difflib.get_close_matches(text, list(values), n=1, cutoff=0.4)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UsageError(

@@ -25,6 +25,23 @@ def cell(value: Any) -> str:
     return str(value).replace("\n", " ")
 
 
+def human_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)
+
+
+def table_cell(column: str, value: Any) -> str:
+    """A table shows sizes for people (the JSON output keeps exact byte counts)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if column.endswith("Bytes") or column in ("Size", "BytesTotal", "BytesCopied"):
+            return human_bytes(value)
+    return cell(value)
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
@@ -44,7 +61,7 @@ def _columns(objects: list[dict[str, Any]]) -> list[str]:
 
 def format_table(objects: list[dict[str, Any]], width: int = 120) -> str:
     columns = _columns(objects)
-    rows = [[_clip(cell(obj.get(c)), MAX_CELL) for c in columns] for obj in objects]
+    rows = [[_clip(table_cell(c, obj.get(c)), MAX_CELL) for c in columns] for obj in objects]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),

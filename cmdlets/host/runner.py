@@ -5,10 +5,8 @@ One top-level handler maps errors to stderr lines and exit statuses (SPEC §4).
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
-import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -53,6 +51,8 @@ def load_registry(env: Environment) -> Registry:
 
 def unknown_cmdlet(name: str, registry: Registry) -> UsageError:
     names = registry.names()
+    import difflib
+
     close = difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=3, cutoff=0.5)
     proper = [n for c in close for n in names if n.lower() == c]
     hint = f"; did you mean {', '.join(proper)}?" if proper else "; see: bcs Get-Command"
@@ -124,6 +124,8 @@ def run_stages(stages: list[Stage], env: Environment, registry: Registry) -> int
         return ExitStatus.SUCCESS
     except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a clean line
         if debug:
+            import traceback
+
             traceback.print_exception(exc, file=env.stderr)
         message = f"internal error: {type(exc).__name__}: {exc} (run with -Debug for details)"
         write_error(env, current.name, BcsError(message, error_id="InternalError"))
