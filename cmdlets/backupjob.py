@@ -112,3 +112,53 @@ def _set(
         ctx.verbose(f"backup job '{job.name}' {'enabled' if enabled else 'disabled'}")
         if pass_thru:
             yield jobs.job_object(job, current)
+
+
+def restore_point_object(backup_id: str, name: str, point: Any) -> dict[str, Any]:
+    from cmdlets.backup.chain import format_time
+
+    return {
+        "TypeName": "BackupCopy.RestorePoint",
+        "BackupId": backup_id,
+        "Name": name,
+        "Index": point.index,
+        "File": point.file,
+        "Kind": point.kind,
+        "Time": format_time(point.time),
+        "Size": point.size,
+        "Sha256": point.sha256,
+    }
+
+
+@cmdlet("Start-BackupJob", output_type="BackupCopy.RestorePoint", changes_state=True)
+def start_backup_job(
+    ctx: Context,
+    name: Annotated[list[str] | None, MANDATORY_NAMES] = None,
+    full: Annotated[bool, Param(help="Write a full restore point even if the chain has one.")] = False,
+) -> Iterator[dict[str, Any]]:
+    """Run backup jobs: write the next restore point of each job's chain.
+
+    The first point of a chain is a full (.vbk), later ones are increments (.vib) holding what
+    changed, unless -Full is given. A disabled job is refused (a copy session may hold it
+    disabled while its chain is copied). The same job cannot run twice at once: the second run
+    fails with exit status 3. On a scale-out repository the chain lives on one extent: the
+    first point goes to the extent with the most free space that is not in maintenance, later
+    points follow the chain.
+
+    Examples:
+      Start-BackupJob -Name 'Daily SQL'
+      Start-BackupJob -Name 'Daily SQL' -Full
+      Get-BackupJob | Where-Object Enabled -eq true | Start-BackupJob
+    """
+    from cmdlets.backup.runs import run_job
+
+    for job in _selected(ctx, name or []):
+        if not ctx.should_process(job.name, "Start backup job"):
+            continue
+        try:
+            meta, point = run_job(ctx, job, full=full)
+        except (NotFoundError, InvalidOperationError) as exc:
+            ctx.write_error(exc)
+            continue
+        ctx.verbose(f"backup job '{job.name}' wrote {point.file}")
+        yield restore_point_object(meta.backup_id, job.name, point)

@@ -34,6 +34,10 @@ jobs:
     type: backup-job
     repository: Main
     source: ./sources/sql
+  - name: Mail
+    type: backup-job
+    repository: Main
+    source: ./sources/mail
   - name: File Server
     type: backup-job
     repository: SOBR-1
@@ -47,7 +51,7 @@ jobs:
 
 def make_sources(root: Path) -> None:
     rng = random.Random(42)
-    for name, files in (("sql", 6), ("files", 12), ("laptops", 4)):
+    for name, files in (("sql", 6), ("mail", 5), ("files", 12), ("laptops", 4)):
         folder = root / "sources" / name
         for i in range(files):
             path = folder / f"dir{i % 3}" / f"file{i:02d}.dat"
@@ -56,13 +60,28 @@ def make_sources(root: Path) -> None:
         (folder / "empty").mkdir(exist_ok=True)
 
 
+def make_repositories(root: Path) -> None:
+    for sub in ("main", "offsite", "sobr/a", "sobr/b"):
+        (root / "repositories" / sub).mkdir(parents=True)
+
+
+def change_sources(root: Path) -> None:
+    """A day of changes: a new file, a modified one, a deleted one."""
+    sql = root / "sources" / "sql"
+    (sql / "dir0" / "new-table.dat").write_bytes(random.Random(7).randbytes(50_000))
+    with open(sql / "dir1" / "file01.dat", "r+b") as f:
+        f.write(b"changed")
+    (sql / "dir2" / "file02.dat").unlink()
+
+
 def step(title: str, command: str, expect_failure: bool = False) -> None:
     print(f"\n### {title}\nPS> {command}", flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BCS_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["COLUMNS"] = "120"
     result = subprocess.run(
-        ["bash", "-c", command + " -OutputFormat Table" if "|" not in command else command],
+        # Output here goes to a log as often as to a terminal: ask for tables either way.
+        ["bash", "-c", command + " -OutputFormat Table"],
         cwd=DEMO,
         env=env,
     )
@@ -77,6 +96,7 @@ def main() -> None:
     DEMO.mkdir()
     (DEMO / "inventory.yaml").write_text(INVENTORY)
     make_sources(DEMO)
+    make_repositories(DEMO)
     print(f"Sample inventory and data in {DEMO}")
     step("Validate the inventory", "Test-Inventory")
     step("Repositories, extents and free space", "Get-Repository")
@@ -85,6 +105,19 @@ def main() -> None:
     step("What would enabling every job do?", "Get-BackupJob | Enable-BackupJob -WhatIf")
     step("Enable it again", "Enable-BackupJob -Name 'File Server' -PassThru")
     step("A typo gets a suggestion (exit status 2)", "Get-BackupJob -Nmae x", expect_failure=True)
+    step("Run every job once: full restore points", "Get-BackupJob | Start-BackupJob")
+    change_sources(DEMO)
+    step("A day later: incrementals", "Start-BackupJob -Name 'Daily SQL',Mail")
+    step("The backups in the repositories and extents", "Get-Backup")
+    step("The chain of one backup", "Get-RestorePoint -Backup 'Daily SQL'")
+    step("Every file re-read and checked against the metadata", "Get-Backup | Test-Backup")
+    step(
+        "Restore the first restore point of Daily SQL",
+        "Restore-Backup -Backup 'Daily SQL' -Destination restored/sql -RestorePoint 0",
+    )
+    step("A disabled job writes nothing (exit status 1)", "Disable-BackupJob Mail; Start-BackupJob Mail",
+         expect_failure=True)
+    step("Enable it again", "Enable-BackupJob Mail")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,350 @@
+"""Restoring a restore point: the exact tree the source had when the point was taken.
+
+The index of the chosen point (see ``pointindex``) says what the tree was: every folder,
+symlink, file, mode and mtime. Folders and symlinks are made from it; the content of each file
+is read once, from the newest archive in the chain (the full, then the increments up to the
+point) that holds it, and checked against its SHA-256 as it is written.
+
+Every archive is checked before anything is written: a member with an absolute name, a ``..``
+component, a hard link, a device or any name the index does not list makes the restore refuse.
+Files are created with ``O_NOFOLLOW|O_EXCL`` inside folders the restore made itself, so nothing
+is ever written through a symlink. Symlinks themselves are restored as they were, whatever they
+point to (``/etc/localtime -> /usr/share/zoneinfo/UTC`` is data, too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from io import FileIO
+from pathlib import Path
+
+from cmdlets.backup.chain import (
+    FULL,
+    BackupFormatError,
+    BackupMetadata,
+    RestorePointInfo,
+    read_metadata,
+)
+from cmdlets.backup.pointindex import (
+    DIR,
+    FILE,
+    INDEX_MEMBER,
+    SYMLINK,
+    Entry,
+    PointIndex,
+    check_path,
+    read_index,
+)
+from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError
+
+CHUNK = 1 << 20
+
+
+class RestoreError(BcsError):
+    """Writing the restored tree failed part way (the destination holds a partial restore)."""
+
+    category = "WriteError"
+    error_id = "RestoreFailed"
+
+
+@dataclass(frozen=True)
+class _Content:
+    """Where the content of one restored file lies inside an archive."""
+
+    path: str
+    entry: Entry
+    offset: int
+
+
+def restore_point(
+    backup_dir: Path, destination: Path, point: int | None = None, *, force: bool = False
+) -> RestorePointInfo:
+    """Restore a restore point of the backup in ``backup_dir`` into ``destination``.
+
+    ``point`` is an index into the chain (0 the oldest, negative from the newest; None the
+    newest; see chain.select_point to turn a user's ``-RestorePoint`` into one). The full the
+    point depends on and the increments up to it are applied.
+
+    ``destination`` must not exist (it is created, parents too) or be an empty folder. With
+    ``force=True`` it may hold files: paths of the restore point replace what is in their way
+    (a file, a symlink, a whole folder), and other files are left alone. The tree gets the
+    files, folders, symlinks, modes and mtimes of the point; owners are not restored.
+
+    Returns the restored point. Raises NotFoundError (no such point), BackupFormatError (a
+    missing or damaged restore point file, an unsafe archive member: nothing written then),
+    InvalidOperationError (destination not empty or not a folder), RestoreError (writing
+    failed part way).
+    """
+    meta = read_metadata(backup_dir)
+    target = _point(meta, point)
+    chain = _chain_up_to(meta, target)
+    indexes = [read_index(backup_dir / p.file) for p in chain]
+    _check_chain(chain, indexes)
+    wanted = _contents(chain, indexes)
+    plans = [
+        _check_archive(backup_dir / info.file, info, indexes[position], wanted[position])
+        for position, info in enumerate(chain)
+    ]
+    _prepare_destination(destination, force)
+    final = indexes[-1]
+    try:
+        _make_tree(destination, final, force)
+        for info, plan in zip(chain, plans, strict=True):
+            _write_files(backup_dir / info.file, destination, plan, force)
+        _finish_folders(destination, final)
+    except OSError as exc:
+        where = exc.filename or destination
+        raise RestoreError(
+            f"restoring {target.file} to {destination} failed at {where}: {exc.strerror}; "
+            "the destination holds a partial restore",
+            target=str(destination),
+        ) from exc
+    return target
+
+
+def _point(meta: BackupMetadata, point: int | None) -> RestorePointInfo:
+    points = meta.restore_points
+    if not points:
+        raise NotFoundError(f"backup {meta.job_name!r} has no restore points")
+    if point is None:
+        return points[-1]
+    if not -len(points) <= point < len(points):
+        raise NotFoundError(
+            f"backup {meta.job_name!r} has no restore point {point} (it has {len(points)})"
+        )
+    return points[point]
+
+
+def _chain_up_to(meta: BackupMetadata, target: RestorePointInfo) -> list[RestorePointInfo]:
+    """The full the target depends on, then every increment up to the target."""
+    start = target.index
+    while start >= 0 and meta.restore_points[start].kind != FULL:
+        start -= 1
+    if start < 0:
+        raise BackupFormatError(
+            f"{target.file}: no full restore point (.vbk) before it in the chain",
+            target=target.file,
+        )
+    return list(meta.restore_points[start : target.index + 1])
+
+
+def _check_chain(chain: list[RestorePointInfo], indexes: list[PointIndex]) -> None:
+    for position, (info, index) in enumerate(zip(chain, indexes, strict=True)):
+        if index.kind != info.kind:
+            raise BackupFormatError(
+                f"{info.file}: the metadata lists a {info.kind}, the file holds a {index.kind}"
+            )
+        expected = chain[position - 1].file if position else None
+        if index.base != expected:
+            raise BackupFormatError(
+                f"{info.file}: built on {index.base}, but the chain lists {expected} before it"
+            )
+
+
+def _contents(chain: list[RestorePointInfo], indexes: list[PointIndex]) -> list[dict[str, Entry]]:
+    """For each archive of the chain, the files of the final tree whose content it holds."""
+    wanted: list[dict[str, Entry]] = [{} for _ in chain]
+    final = indexes[-1]
+    for path, entry in final.entries.items():
+        if entry.type != FILE:
+            continue
+        position = len(indexes) - 1
+        found = entry
+        # Not stored means "same content as in the point before": walk back to where it was.
+        while not found.stored and position > 0:
+            position -= 1
+            earlier = indexes[position].entries.get(path)
+            if earlier is None or earlier.type != FILE:
+                break
+            found = earlier
+        if not found.stored or found.sha256 != entry.sha256 or found.size != entry.size:
+            raise BackupFormatError(
+                f"{chain[position].file}: no restore point of the chain holds the data of {path!r}",
+            )
+        wanted[position][path] = entry
+    return wanted
+
+
+def _check_archive(
+    point_file: Path, info: RestorePointInfo, index: PointIndex, wanted: dict[str, Entry]
+) -> list[_Content]:
+    """Check every member of one archive; return where the wanted files' data is, in archive
+    order so that reading the point file stays sequential."""
+    name = point_file.name
+    found: dict[str, int] = {}
+    try:
+        # A cheap first check; the content is checked file by file as it is restored.
+        size = os.stat(point_file).st_size
+        if size != info.size:
+            raise BackupFormatError(
+                f"{name}: {size} bytes, the metadata records {info.size} (truncated or damaged)"
+            )
+        with tarfile.open(point_file, mode="r:") as tar:
+            first = tar.next()
+            if first is None or first.name != INDEX_MEMBER:
+                raise BackupFormatError(f"{name}: the first member is not {INDEX_MEMBER}")
+            while (member := tar.next()) is not None:
+                entry = _checked_member(name, member, index)
+                if entry.type == FILE and member.name in wanted:
+                    found[member.name] = member.offset_data
+    except FileNotFoundError as exc:
+        raise BackupFormatError(f"{name}: restore point file is missing") from exc
+    except (tarfile.TarError, EOFError) as exc:
+        raise BackupFormatError(f"{name}: not a readable restore point: {exc}") from exc
+    except OSError as exc:
+        raise BackupFormatError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    missing = [p for p in wanted if p not in found]
+    if missing:
+        raise BackupFormatError(f"{name}: the data of {missing[0]!r} is missing from the archive")
+    return sorted((_Content(p, wanted[p], found[p]) for p in wanted), key=lambda c: c.offset)
+
+
+def _checked_member(archive: str, member: tarfile.TarInfo, index: PointIndex) -> Entry:
+    def refuse(reason: str) -> BackupFormatError:
+        return BackupFormatError(
+            f"{archive}: refusing archive member {member.name!r}: {reason}",
+            target=archive,
+            error_id="UnsafeArchiveMember",
+        )
+
+    try:
+        check_path(member.name)
+    except ValueError:
+        raise refuse("absolute, not normalized or outside the destination") from None
+    if member.islnk():
+        raise refuse("hard links are not part of the format")
+    if member.issparse() or not (member.isreg() or member.isdir() or member.issym()):
+        raise refuse("not a file, folder or symlink")
+    entry = index.entries.get(member.name)
+    kind = FILE if member.isreg() else DIR if member.isdir() else SYMLINK
+    if entry is None or entry.type != kind:
+        raise refuse("the restore point's index does not list it as such")
+    if kind == FILE and member.size != entry.size:
+        raise refuse(f"{member.size} bytes, the index says {entry.size}")
+    return entry
+
+
+def _prepare_destination(destination: Path, force: bool) -> None:
+    try:
+        st = os.stat(destination)
+    except FileNotFoundError:
+        try:
+            destination.mkdir(parents=True)
+        except OSError as exc:
+            raise RestoreError(f"cannot create {destination}: {exc.strerror}") from exc
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise InvalidOperationError(
+            f"destination {destination} exists and is not a folder",
+            target=str(destination),
+            error_id="DestinationNotAFolder",
+        )
+    if not force and os.listdir(destination):
+        raise InvalidOperationError(
+            f"destination {destination} is not empty; use -Force to restore over its content",
+            target=str(destination),
+            error_id="DestinationNotEmpty",
+        )
+
+
+def _make_tree(destination: Path, final: PointIndex, force: bool) -> None:
+    """Create the folders (writable for now) and symlinks of the restored tree."""
+    for path, entry in final.entries.items():
+        full = os.path.join(destination, path)
+        if entry.type == DIR:
+            if force and _is_real_dir(full):
+                continue
+            if force:
+                _remove(full)
+            os.mkdir(full, 0o700)
+        elif entry.type == SYMLINK:
+            assert entry.target is not None
+            if force:
+                _remove(full)
+            os.symlink(entry.target, full)
+            os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+
+def _write_files(
+    point_file: Path, destination: Path, contents: list[_Content], force: bool
+) -> None:
+    if not contents:
+        return
+    buffer = memoryview(bytearray(CHUNK))
+    with open(point_file, "rb", buffering=0) as archive:
+        for content in contents:
+            archive.seek(content.offset)
+            _write_file(archive, point_file.name, destination, content, buffer, force)
+
+
+def _write_file(
+    archive: FileIO,
+    archive_name: str,
+    destination: Path,
+    content: _Content,
+    buffer: memoryview,
+    force: bool,
+) -> None:
+    entry = content.entry
+    full = os.path.join(destination, content.path)
+    if force:
+        _remove(full)
+    # O_EXCL|O_NOFOLLOW: the path is new in a folder this restore made, never a link out.
+    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        digest = hashlib.sha256()
+        left = entry.size
+        while left:
+            count = archive.readinto(buffer[: min(CHUNK, left)])
+            if not count:
+                raise BackupFormatError(f"{archive_name}: the data of {content.path!r} is cut off")
+            digest.update(buffer[:count])
+            _write_all(fd, buffer[:count])
+            left -= count
+        if digest.hexdigest() != entry.sha256:
+            raise BackupFormatError(
+                f"{archive_name}: the data of {content.path!r} does not match its SHA-256 "
+                "(damaged restore point); the destination holds a partial restore"
+            )
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _finish_folders(destination: Path, final: PointIndex) -> None:
+    # Innermost first: setting a folder read-only must wait until everything in it is done.
+    for path, entry in reversed(final.entries.items()):
+        if entry.type == DIR:
+            full = os.path.join(destination, path)
+            os.chmod(full, entry.mode)
+            os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _is_real_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: str) -> None:
+    """Remove whatever is at ``path`` (a folder with its content), following no symlink."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
