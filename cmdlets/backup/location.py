@@ -1,0 +1,409 @@
+"""Target locations: where a copy writes, reached through one small byte-oriented interface.
+
+The copy engine sees a target only as a :class:`Location`: relative POSIX paths (``rel``) below
+its root, files written sequentially and made durable, atomic no-replace renames. A local
+folder is :class:`LocalLocation`; the ``bcs-smb`` plugin implements the same protocol for
+shared folders.
+
+Safety (SPEC §10): every ``rel`` is checked by :func:`split_rel` before it reaches the file
+system, and :class:`LocalLocation` walks each path one component at a time below a descriptor
+of its root, opening every component with ``O_NOFOLLOW``. A symbolic link anywhere below the
+root is refused with :class:`TargetEscapeError`, so nothing is ever read or written outside the
+target folder, whatever someone planted inside it. The root itself is configuration and may be
+reached through links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from cmdlets.host.errors import BcsError
+
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+
+
+class LocationError(BcsError):
+    """A target location refused an operation: an invalid path, or something in the way."""
+
+    category = "WriteError"
+    error_id = "TargetLocationError"
+
+
+class TargetEscapeError(LocationError):
+    """A path below the target root goes through a symbolic link; bcs never follows those."""
+
+    category = "SecurityError"
+    error_id = "TargetEscape"
+
+
+class TargetFile(Protocol):
+    """A file open for writing in a location, written sequentially from its open offset."""
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Write all of ``data`` (short writes are retried inside)."""
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fsync).
+
+        The copy engine calls this from a helper thread while another thread keeps calling
+        ``write``, so that copying never waits for the disk; an implementation whose
+        transport cannot do both at once must serialize them itself.
+        """
+
+    def close(self) -> None:
+        """Release the file; calling it twice is harmless."""
+
+
+class Location(Protocol):
+    """A folder that copies are written to. Errors of the underlying storage are ``OSError``
+    (with its errno: ENOSPC, EIO, EACCES, ...); refusals of bcs itself are LocationError."""
+
+    description: str
+    """For messages, e.g. ``/srv/copies`` or ``//nas01/backups``; never holds a password."""
+
+    def exists(self, rel: str) -> bool:
+        """Whether anything (a file, a folder, a link) has the name ``rel``."""
+
+    def is_dir(self, rel: str) -> bool:
+        """Whether ``rel`` is a folder (a link to a folder is not)."""
+
+    def make_dir(self, rel: str) -> bool:
+        """Create the one folder ``rel`` (its parent must exist): True if this call created it,
+        False if it existed already, so the caller records for Undo only what it created."""
+
+    def open_write(self, rel: str, offset: int, mode: int = FILE_MODE) -> TargetFile:
+        """Open ``rel`` for writing at ``offset``: offset 0 starts a new file, created with
+        permission bits ``mode`` (less the umask); a larger offset resumes an existing file,
+        whose bytes after ``offset`` are dropped. The parent folder must exist."""
+
+    def open_read(self, rel: str) -> BinaryIO:
+        """Open the regular file ``rel`` for reading (to re-hash a partial file)."""
+
+    def size(self, rel: str) -> int | None:
+        """The size of the regular file ``rel``, or None if there is nothing by that name."""
+
+    def rename(self, rel_from: str, rel_to: str) -> None:
+        """Rename atomically; never replaces an existing ``rel_to`` (FileExistsError)."""
+
+    def sync_dir(self, rel: str) -> None:
+        """Make the creations and renames in folder ``rel`` durable (``""`` is the root)."""
+
+    def remove_file(self, rel: str) -> None:
+        """Remove the file ``rel``; nothing by that name is fine."""
+
+    def remove_dir(self, rel: str) -> None:
+        """Remove the empty folder ``rel``; nothing by that name is fine."""
+
+    def free_bytes(self) -> int | None:
+        """Bytes available to this user at the location, or None if it cannot tell."""
+
+    def list_dir(self, rel: str) -> list[str]:
+        """The names in folder ``rel`` (``""`` is the root), sorted."""
+
+
+def split_rel(rel: str, *, allow_root: bool = False) -> list[str]:
+    """The components of a location path, or LocationError if it may lead anywhere else.
+
+    A location path is relative and POSIX-style: no leading ``/``, no empty, ``.`` or ``..``
+    component, no NUL, and no ``\\`` (a separator on shared folders). ``""`` names the root
+    and is accepted only where ``allow_root`` says so.
+    """
+    if not isinstance(rel, str):
+        raise LocationError(f"location path {rel!r} is not a string", target=rel)
+    if rel == "" and allow_root:
+        return []
+    problem = None
+    if rel == "":
+        problem = "is empty"
+    elif rel.startswith("/"):
+        problem = "is absolute"
+    elif "\0" in rel:
+        problem = "contains a NUL character"
+    elif "\\" in rel:
+        problem = "contains '\\'"
+    parts = rel.split("/")
+    if problem is None:
+        if "" in parts:
+            problem = "has an empty component"
+        elif ".." in parts:
+            problem = "has a '..' component"
+        elif "." in parts:
+            problem = "has a '.' component"
+    if problem:
+        raise LocationError(
+            f"location path {rel!r} {problem}: it must stay inside the target folder",
+            target=rel,
+            error_id="InvalidTargetPath",
+        )
+    return parts
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO someone planted must fail or return at once, never hang.
+_EXISTING_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_RENAME_NOREPLACE = 1
+
+
+class LocalFile:
+    """A TargetFile on a local descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def sync(self) -> None:
+        # fdatasync is enough: it also flushes the size, which reading the data back needs.
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class LocalLocation:
+    """A local folder as a Location; see the module docstring for how links are refused."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.description = str(root)
+
+    def __repr__(self) -> str:
+        return f"LocalLocation({self.description!r})"
+
+    def exists(self, rel: str) -> bool:
+        return self._lstat(rel) is not None
+
+    def is_dir(self, rel: str) -> bool:
+        st = self._lstat(rel)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def make_dir(self, rel: str) -> bool:
+        with self._parent(rel) as (fd, name):
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=fd)
+                return True
+            except FileExistsError:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    return False
+                self._refuse_link(st, rel)
+                raise LocationError(
+                    f"{self._show(rel)} exists and is not a folder", target=self._show(rel)
+                ) from None
+
+    def open_write(self, rel: str, offset: int, mode: int = FILE_MODE) -> LocalFile:
+        if offset < 0:
+            raise ValueError(f"offset {offset} is negative")
+        with self._parent(rel) as (dir_fd, name):
+            if offset == 0:
+                # A fresh file rather than truncating what is there: whatever had the name (a
+                # link, or a hard link to a file elsewhere) loses only its name here.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                return LocalFile(os.open(name, flags, mode, dir_fd=dir_fd))
+            fd = self._open_existing(dir_fd, name, os.O_WRONLY, rel)
+            try:
+                st = os.fstat(fd)
+                if st.st_nlink != 1:
+                    # Resuming would write into every other name of the file too.
+                    raise LocationError(
+                        f"{self._show(rel)} has {st.st_nlink} hard links; refusing to write "
+                        "through it",
+                        target=self._show(rel),
+                    )
+                if st.st_size < offset:
+                    raise LocationError(
+                        f"{self._show(rel)} has {st.st_size} bytes, fewer than the {offset} to "
+                        "resume after",
+                        target=self._show(rel),
+                    )
+                os.ftruncate(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
+            return LocalFile(fd)
+
+    def open_read(self, rel: str) -> BinaryIO:
+        with self._parent(rel) as (dir_fd, name):
+            fd = self._open_existing(dir_fd, name, os.O_RDONLY, rel)
+        return open(fd, "rb", buffering=0)
+
+    def size(self, rel: str) -> int | None:
+        st = self._lstat(rel)
+        if st is None:
+            return None
+        self._refuse_link(st, rel)
+        if not stat.S_ISREG(st.st_mode):
+            raise LocationError(f"{self._show(rel)} is not a regular file", target=self._show(rel))
+        return st.st_size
+
+    def rename(self, rel_from: str, rel_to: str) -> None:
+        with (
+            self._parent(rel_from) as (from_fd, from_name),
+            self._parent(rel_to) as (
+                to_fd,
+                to_name,
+            ),
+        ):
+            renameat2 = _renameat2()
+            if renameat2 is not None:
+                if renameat2(from_fd, os.fsencode(from_name), to_fd, os.fsencode(to_name)) == 0:
+                    return
+                code = _ctypes_errno()
+                # EINVAL/ENOSYS: the file system or kernel lacks RENAME_NOREPLACE.
+                if code not in (errno.EINVAL, errno.ENOSYS):
+                    raise OSError(code, os.strerror(code), self._show(rel_to))
+            # link() never replaces either; for a moment the file has both names, which the
+            # hard-link check of open_write keeps harmless.
+            os.link(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd, follow_symlinks=False)
+            os.unlink(from_name, dir_fd=from_fd)
+
+    def sync_dir(self, rel: str) -> None:
+        with self._dir(rel) as fd:
+            os.fsync(fd)
+
+    def remove_file(self, rel: str) -> None:
+        try:
+            with self._parent(rel) as (fd, name):
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+
+    def remove_dir(self, rel: str) -> None:
+        try:
+            with self._parent(rel) as (fd, name):
+                os.rmdir(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+
+    def free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def list_dir(self, rel: str) -> list[str]:
+        with self._dir(rel) as fd:
+            return sorted(os.listdir(fd))
+
+    # Walking below the root, one component at a time.
+
+    def _show(self, rel: str) -> str:
+        return f"{self.description.rstrip('/')}/{rel}" if rel else self.description
+
+    def _open_root(self) -> int:
+        return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _walk(self, parts: list[str], rel: str) -> int:
+        """A descriptor of the folder reached through ``parts``, none of them a link."""
+        fd = self._open_root()
+        try:
+            for part in parts:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        with contextlib.suppress(OSError):
+                            self._refuse_link(os.stat(part, dir_fd=fd, follow_symlinks=False), rel)
+                    raise
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _parent(self, rel: str) -> Iterator[tuple[int, str]]:
+        parts = split_rel(rel)
+        fd = self._walk(parts[:-1], rel)
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _dir(self, rel: str) -> Iterator[int]:
+        fd = self._walk(split_rel(rel, allow_root=True), rel)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _lstat(self, rel: str) -> os.stat_result | None:
+        parts = split_rel(rel, allow_root=True)
+        try:
+            if not parts:
+                return os.stat(self.root)
+            with self._parent(rel) as (fd, name):
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _open_existing(self, dir_fd: int, name: str, access: int, rel: str) -> int:
+        try:
+            fd = os.open(name, access | _EXISTING_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._refuse_link(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), rel)
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LocationError(
+                    f"{self._show(rel)} is not a regular file", target=self._show(rel)
+                )
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _refuse_link(self, st: os.stat_result, rel: str) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise TargetEscapeError(
+                f"{self._show(rel)}: refusing to follow a symbolic link inside the target folder",
+                target=self._show(rel),
+            )
+
+
+@functools.cache
+def _renameat2() -> Callable[[int, bytes, int, bytes], int] | None:
+    """``renameat2(..., RENAME_NOREPLACE)`` from the C library, or None where there is none."""
+    import ctypes  # only renames need it
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    int_, name = ctypes.c_int, ctypes.c_char_p
+    function.argtypes = [int_, name, int_, name, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def rename_noreplace(from_fd: int, from_name: bytes, to_fd: int, to_name: bytes) -> int:
+        return int(function(from_fd, from_name, to_fd, to_name, _RENAME_NOREPLACE))
+
+    return rename_noreplace
+
+
+def _ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
