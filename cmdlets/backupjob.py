@@ -134,7 +134,9 @@ def restore_point_object(backup_id: str, name: str, point: Any) -> dict[str, Any
 def start_backup_job(
     ctx: Context,
     name: Annotated[list[str] | None, MANDATORY_NAMES] = None,
-    full: Annotated[bool, Param(help="Write a full restore point even if the chain has one.")] = False,
+    full: Annotated[
+        bool, Param(help="Write a full restore point even if the chain has one.")
+    ] = False,
 ) -> Iterator[dict[str, Any]]:
     """Run backup jobs: write the next restore point of each job's chain.
 

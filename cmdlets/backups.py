@@ -36,7 +36,9 @@ def get_backup(
         list[str] | None,
         Param(position=0, help="Backup names (wildcards allowed).", completes="backup"),
     ] = None,
-    id: Annotated[list[str] | None, Param(help="Backup ids or id prefixes (4+ characters).")] = None,
+    id: Annotated[
+        list[str] | None, Param(help="Backup ids or id prefixes (4+ characters).")
+    ] = None,
     repository: Annotated[
         list[str] | None, Param(help="Only backups in these repositories.", completes="repository")
     ] = None,
@@ -45,8 +47,11 @@ def get_backup(
     ] = None,
     job: Annotated[
         list[str] | None,
-        Param(by_value={"BackupCopy.BackupJob": "Name"}, help="Only backups of these jobs.",
-              completes="job"),
+        Param(
+            by_value={"BackupCopy.BackupJob": "Name"},
+            help="Only backups of these jobs.",
+            completes="job",
+        ),
     ] = None,
 ) -> Iterator[dict[str, Any]]:
     """Get the backups found in the repositories and extents, and the registered copies.
@@ -149,8 +154,10 @@ def restore_backup(
     ] = None,
     restore_point: Annotated[
         str,
-        Param(help="latest (default), an index (0 the oldest, -1 the newest), a file name or a "
-              "time (the newest point at or before it)."),
+        Param(
+            help="latest (default), an index (0 the oldest, -1 the newest), a file name or a "
+            "time (the newest point at or before it)."
+        ),
     ] = "latest",
     force: Annotated[
         bool, Param(help="Restore into a folder that is not empty (paths in the way are replaced).")
@@ -165,7 +172,7 @@ def restore_backup(
     Examples:
       Restore-Backup -Backup 'Daily SQL' -Destination /tmp/sql
       Restore-Backup 'Daily SQL' /tmp/sql -RestorePoint 0
-      Get-Backup -Origin Copy -Name 'Daily SQL' | Restore-Backup -Destination /tmp/check -RestorePoint 2026-11-01T12:00
+      Get-Backup -Origin Copy -Name 'Daily SQL' | Restore-Backup -Destination /tmp/c -RestorePoint 0
     """
     from cmdlets.backup.chain import select_point
     from cmdlets.backup.restore import restore_point as restore
@@ -178,4 +185,3 @@ def restore_backup(
     restored = restore(target.path, folder, point.index, force=force)
     ctx.verbose(f"restored {restored.file} into {folder}")
     yield restore_point_object(target.id, target.name, restored)
-

@@ -74,6 +74,15 @@ def change_sources(root: Path) -> None:
     (sql / "dir2" / "file02.dat").unlink()
 
 
+def corrupt_restore_point(root: Path) -> tuple[Path, bytes]:
+    point = sorted((root / "repositories" / "main" / "Daily SQL").glob("*.vbk"))[0]
+    original = point.read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    point.write_bytes(bytes(damaged))
+    return point, original
+
+
 def step(title: str, command: str, expect_failure: bool = False) -> None:
     print(f"\n### {title}\nPS> {command}", flush=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BCS_")}
@@ -115,9 +124,49 @@ def main() -> None:
         "Restore the first restore point of Daily SQL",
         "Restore-Backup -Backup 'Daily SQL' -Destination restored/sql -RestorePoint 0",
     )
-    step("A disabled job writes nothing (exit status 1)", "Disable-BackupJob Mail; Start-BackupJob Mail",
-         expect_failure=True)
+    step(
+        "A disabled job writes nothing (exit status 1)",
+        "Disable-BackupJob Mail; Start-BackupJob Mail",
+        expect_failure=True,
+    )
     step("Enable it again", "Enable-BackupJob Mail")
+
+    # Copying backups: the heart of bcs.
+    step(
+        "Copy a backup to another repository",
+        "Get-Backup -Name 'Daily SQL' | Start-BackupCopy -Repository Offsite",
+    )
+    step(
+        "Copy two backups to a local folder, in one session",
+        "Start-BackupCopy -Backup Mail,'File Server' -Path copies/usb",
+    )
+    step("The copies are backups too", "Get-Backup -Origin Copy")
+    step(
+        "Agent policy backups cannot be copied (exit status 1)",
+        "Start-BackupCopy -Backup Laptops -Path copies/usb",
+        expect_failure=True,
+    )
+    damaged, original = corrupt_restore_point(DEMO)
+    print(f"\n(The demo flips one byte of {damaged.name} in the source, to make a copy fail.)")
+    step(
+        "A copy that fails: the session waits for the administrator (exit status 1)",
+        "Start-BackupCopy -Backup 'Daily SQL',Mail -Path copies/nas -RunAsync | Wait-CopySession",
+        expect_failure=True,
+    )
+    step("Sessions that need action", "Get-CopySession -State ActionRequired")
+    step("The job stays disabled, held by the session", "Get-BackupJob")
+    step(
+        "What happened",
+        "Get-CopySession -State ActionRequired | Select-Object -First 1 | Get-CopySession -Log",
+    )
+    damaged.write_bytes(original)
+    print(f"\n(The demo repairs {damaged.name}.)")
+    step(
+        "Retry copies only what was not copied yet",
+        "Get-CopySession -State ActionRequired | Resume-CopySession -Action Retry",
+    )
+    step("Every session", "Get-CopySession")
+    step("Every job enabled again", "Get-BackupJob")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,34 @@ def write_inventory(folder: Path, text: str) -> Path:
     path = folder / "inventory.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path):
+    """Mount a small tmpfs (root only; skipped with the reason otherwise)."""
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        point = tmp_path / name
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(mount_tmpfs) -> Path:
+    return mount_tmpfs("small", "size=1m")

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from trees import edit, snapshot
-
 from conftest import BIN, clean_environ
+from trees import edit, snapshot
 
 MiB = 1024 * 1024
 
@@ -186,7 +185,7 @@ def test_one_job_cannot_run_twice_at_once(repos, bcs):
         assert second.status == 3
         assert "already running" in second.stderr and f"pid {first.pid}" in second.stderr
     finally:
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert bcs("Test-Backup", "Daily SQL").status == 0
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cmdlets.backup.chain import BackupMetadata, format_time, find_backups, read_metadata
+from cmdlets.backup.chain import BackupMetadata, find_backups, format_time, read_metadata
 from cmdlets.backup.inventory import Inventory, is_share_path
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError
 from cmdlets.store import StateDir

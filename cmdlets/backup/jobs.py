@@ -64,8 +64,7 @@ def _base(job: Job, record: dict[str, Any] | None) -> dict[str, Any]:
 def set_enabled(
     state: StateDir, job: Job, enabled: bool, now: datetime, *, force: bool = False
 ) -> JobState:
-    """Enable or disable ``job``. Enabling a job held by copy sessions needs ``force``, which
-    also drops the holds' claim to re-enable it later (the administrator decided)."""
+    """Enable or disable ``job``. Enabling a job held by copy sessions needs ``force``."""
 
     def change(record: dict[str, Any] | None) -> dict[str, Any]:
         current = state_of(job, record)
@@ -79,6 +78,49 @@ def set_enabled(
             )
         new = _base(job, record)
         new["Enabled"] = enabled
+        if current.held_by:
+            # The administrator decided while copies hold the job: that is the state the job
+            # returns to when the last hold is released.
+            new["EnabledBeforeHold"] = enabled
+        new["ChangeTime"] = now.isoformat()
+        return new
+
+    return state_of(job, state.update(KIND, job.name, change))
+
+
+def add_hold(state: StateDir, job: Job, session_id: str, now: datetime) -> JobState:
+    """Disable ``job`` on behalf of a copy session. The first hold remembers whether the job
+    was enabled, so that the last release can put it back as it was."""
+
+    def change(record: dict[str, Any] | None) -> dict[str, Any]:
+        current = state_of(job, record)
+        new = _base(job, record)
+        if not current.held_by:
+            new["EnabledBeforeHold"] = current.enabled
+        new["HeldBy"] = (
+            [*current.held_by, session_id]
+            if session_id not in current.held_by
+            else list(current.held_by)
+        )
+        new["Enabled"] = False
+        new["ChangeTime"] = now.isoformat()
+        return new
+
+    return state_of(job, state.update(KIND, job.name, change))
+
+
+def release_hold(state: StateDir, job: Job, session_id: str, now: datetime) -> JobState:
+    """Drop a session's hold. The job is enabled again only when no session holds it any more
+    and it was enabled before the first hold (and nobody enabled it by force meanwhile)."""
+
+    def change(record: dict[str, Any] | None) -> dict[str, Any]:
+        current = state_of(job, record)
+        new = _base(job, record)
+        remaining = [s for s in current.held_by if s != session_id]
+        new["HeldBy"] = remaining
+        if not remaining and current.held_by:
+            new["Enabled"] = bool((record or {}).get("EnabledBeforeHold", current.enabled))
+            new.pop("EnabledBeforeHold", None)
         new["ChangeTime"] = now.isoformat()
         return new
 

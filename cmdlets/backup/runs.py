@@ -49,7 +49,7 @@ def chain_home(inventory: Inventory, repo: Repository, job_name: str) -> tuple[s
 
 def run_job(ctx: Context, job: Job, *, full: bool) -> tuple[BackupMetadata, RestorePointInfo]:
     from cmdlets.backup.restorepoint import write_restore_point
-    from cmdlets.store.records import Lock
+    from cmdlets.store.records import Lock, LockTimeout
 
     repo = ctx.inventory.repository(job.repository)
     if repo is None:  # the inventory loader checks references; this guards a stale cache
@@ -58,9 +58,9 @@ def run_job(ctx: Context, job: Job, *, full: bool) -> tuple[BackupMetadata, Rest
     run_lock = Lock(base.path, base.what, base.holder, timeout=0)
     try:
         run_lock.acquire()
-    except BusyError as exc:
+    except LockTimeout as exc:
         raise BusyError(
-            f"backup job '{job.name}' is already running: {exc.message.split(' is locked by ')[-1]}",
+            f"backup job '{job.name}' is already running: {exc.holder}",
             target=job.name,
             error_id="JobAlreadyRunning",
         ) from None
@@ -74,13 +74,20 @@ def run_job(ctx: Context, job: Job, *, full: bool) -> tuple[BackupMetadata, Rest
                 else "enable it with Enable-BackupJob"
             )
             raise InvalidOperationError(
-                f"backup job '{job.name}' is disabled; {why}", target=job.name, error_id="JobDisabled"
+                f"backup job '{job.name}' is disabled; {why}",
+                target=job.name,
+                error_id="JobDisabled",
             )
         _, folder = chain_home(ctx.inventory, repo, job.name)
         backup_dir = backup_folder(folder, job.name)
         try:
             point = write_restore_point(
-                backup_dir, job.name, job.type, Path(job.source), full=full, now=ctx.now,
+                backup_dir,
+                job.name,
+                job.type,
+                Path(job.source),
+                full=full,
+                now=ctx.now,
                 on_warning=ctx.warn,
             )
         except BcsError:

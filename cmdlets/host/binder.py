@@ -261,8 +261,14 @@ def bind_object(item: Cmdlet, obj: Any, line: int) -> dict[str, Any]:
     type_name = str(obj.get("TypeName") or "") if isinstance(obj, dict) else "String"
     for param in params:
         accepts = param.decl.by_value or {}
-        if type_name in accepts:
-            prop = accepts[type_name]
+        prop = accepts.get(type_name)
+        if prop is None and "*" in accepts:
+            # "*" accepts any object, with or without a TypeName; bound whole to a stream
+            # parameter it is passed as is (Where-Object, Select-Object...).
+            prop = accepts["*"]
+            if not prop and param.kind == "stream":
+                return {param.python_name: [obj]}
+        if prop is not None:
             value = obj if not prop else _get_property(obj, prop)
             if value is not None:
                 return {param.python_name: _pipeline_value(param, value, line)}

@@ -153,16 +153,19 @@ class Context:
 
             write_error(self.env, self.cmdlet_name, error)
 
-    def should_process(self, target: str, operation: str) -> bool:
-        """False (after saying what would happen) under -WhatIf; else asks when destructive."""
+    def should_process(self, target: str, operation: str, destructive: bool | None = None) -> bool:
+        """False (after saying what would happen) under -WhatIf; else asks when destructive
+        (by default: when the cmdlet is declared destructive)."""
         if self.options.what_if:
             self.env.stderr.write(
                 f'What if: Performing the operation "{operation}" on target "{target}".\n'
             )
             self.env.stderr.flush()
             return False
-        item = self.registry.get(self.cmdlet_name)
-        if item is not None and item.destructive:
+        if destructive is None:
+            item = self.registry.get(self.cmdlet_name)
+            destructive = item is not None and item.destructive
+        if destructive:
             return self._confirm(target, operation)
         return True
 

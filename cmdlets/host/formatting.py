@@ -36,9 +36,9 @@ def human_bytes(value: int) -> str:
 
 def table_cell(column: str, value: Any) -> str:
     """A table shows sizes for people (the JSON output keeps exact byte counts)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if column.endswith("Bytes") or column in ("Size", "BytesTotal", "BytesCopied"):
-            return human_bytes(value)
+    sized = column.endswith("Bytes") or column in ("Size", "BytesTotal", "BytesCopied")
+    if sized and isinstance(value, int) and not isinstance(value, bool):
+        return human_bytes(value)
     return cell(value)
 
 
@@ -59,9 +59,17 @@ def _columns(objects: list[dict[str, Any]]) -> list[str]:
     return list(seen)[:8]
 
 
-def format_table(objects: list[dict[str, Any]], width: int = 120) -> str:
-    columns = _columns(objects)
-    rows = [[_clip(table_cell(c, obj.get(c)), MAX_CELL) for c in columns] for obj in objects]
+def format_table(
+    objects: list[dict[str, Any]], width: int = 120, columns: list[str] | None = None
+) -> str:
+    """A table of ``columns`` (by default the type's display properties)."""
+    columns = columns or _columns(objects)
+    # The last column may run to the edge of the line: log messages and reasons read whole.
+    limits = [MAX_CELL] * (len(columns) - 1) + [max(width, MAX_CELL)]
+    rows = [
+        [_clip(table_cell(c, obj.get(c)), limit) for c, limit in zip(columns, limits, strict=True)]
+        for obj in objects
+    ]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
@@ -84,19 +92,24 @@ def format_objects(objects: Iterable[Any], how: str, width: int = 120) -> str:
     """Format everything written, grouping consecutive objects of one type into one table."""
     out: list[str] = []
     group: list[dict[str, Any]] = []
+    lines: list[str] = []  # consecutive strings and numbers: one per line, like Format-Table's
 
     def flush() -> None:
         if group:
             text = format_list(group) if how == "List" else format_table(group, width)
             out.append(text)
             group.clear()
+        if lines:
+            out.append("\n".join(lines))
+            lines.clear()
 
     for obj in objects:
         if not isinstance(obj, dict):
-            flush()
-            out.append(str(obj))
+            if group:
+                flush()
+            lines.append(str(obj))
             continue
-        if group and obj.get("TypeName") != group[0].get("TypeName"):
+        if lines or (group and obj.get("TypeName") != group[0].get("TypeName")):
             flush()
         group.append(obj)
     flush()

@@ -44,6 +44,8 @@ def syntax(item: Cmdlet) -> str:
 def _type(param: Parameter) -> str:
     if param.decl.values:
         return "|".join(param.decl.values)
+    if param.kind == "stream" and "*" in (param.decl.by_value or {}):
+        return "object[]"  # whole pipeline objects of any type (Where-Object...)
     return {
         "str": "string",
         "list": "string[]",

@@ -8,6 +8,12 @@ from cmdlets.host.context import Environment
 from cmdlets.host.pipeline import encode
 
 
+class HostText(str):
+    """Text made for a person or a file (Format-Table, ConvertTo-Json): written as it is,
+    never wrapped as a JSON string, so ``Get-Backup | ConvertTo-Json > backups.json`` is a
+    JSON document and ``Format-Table > report.txt`` a table."""
+
+
 class ObjectWriter:
     def __init__(self, env: Environment, output_format: str | None) -> None:
         self.env = env
@@ -16,7 +22,8 @@ class ObjectWriter:
 
     def write(self, obj: Any) -> None:
         if self.how == "Json":
-            self.env.stdout.write(encode(obj) + "\n")
+            text = obj if isinstance(obj, HostText) else encode(obj)
+            self.env.stdout.write(text + "\n")
             self.env.stdout.flush()
         else:
             self._held.append(obj)

@@ -23,7 +23,11 @@ def read_objects(stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
             raise InvalidInputError(f"pipeline input line {number}: longer than {MAX_LINE} bytes")
         if not line.strip():
             continue
-        yield number, decode_line(line, number)
+        value = decode_line(line, number)
+        # A line holding an array (ConvertTo-Json -Compress) supplies its elements.
+        yield from (
+            ((number, item) for item in value) if isinstance(value, list) else [(number, value)]
+        )
 
 
 def decode_line(line: bytes, number: int) -> Any:
@@ -45,6 +49,8 @@ def decode_line(line: bytes, number: int) -> Any:
             target=f"line {number}",
             error_id="MalformedPipelineInput",
         ) from None
+    if isinstance(value, list) and all(isinstance(item, (dict, str)) for item in value):
+        return value
     if not isinstance(value, (dict, str)):
         raise InvalidInputError(
             f"pipeline input line {number}: expected a JSON object, got {type(value).__name__}",

@@ -38,6 +38,9 @@ Usage:
 
   bcs Get-Command                         list the cmdlets
   bcs Get-Help <Cmdlet> [-Examples|-Full] help on one cmdlet
+
+  eval "$(bcs --completion bash)"         Tab completion in bash (zsh: --completion zsh);
+                                          add the line to ~/.bashrc to keep it
 """
 
 
@@ -204,6 +207,10 @@ def run(argv: Sequence[str], env: Environment, program: str = "bcs") -> int:
         from cmdlets.host.shell import run_pipeline_text
 
         return run_pipeline_text(tokens[1], env, registry)
+    if first in ("--completion", "--complete"):
+        from cmdlets.host.completion import completion_main
+
+        return completion_main(first, tokens[1:], env, registry)
     item = registry.get(first)
     if item is None:
         write_error(env, "bcs", unknown_cmdlet(first, registry))

@@ -28,7 +28,19 @@ def run_pipeline_text(text: str, env: Environment, registry: Registry) -> int:
     return run_stages(stages, env, registry)
 
 
+BANNER = (
+    "bcs {version} — Backup Copy Shell. Get-Command lists the cmdlets, Get-Help <Cmdlet> "
+    "explains one.\nTab completes, Ctrl-R searches the history, Ctrl-D or 'exit' leaves.\n"
+)
+
+
 def start_shell(env: Environment, registry: Registry) -> int:
+    """The interactive shell (:mod:`cmdlets.host.interactive`). The banner is written before
+    prompt_toolkit is imported, the slowest part of the start."""
+    from cmdlets import __version__
+
+    env.stdout.write(BANNER.format(version=__version__))
+    env.stdout.flush()
     from cmdlets.host.interactive import interactive_shell
 
     return interactive_shell(env, registry)

@@ -79,6 +79,20 @@ def lock_timeout(environ: dict[str, str] | None = None) -> float:
     return max(value, 0.0)
 
 
+class LockTimeout(BusyError):
+    """A lock was held by ``holder`` for longer than we were willing to wait."""
+
+    error_id = "LockTimeout"
+
+    def __init__(self, what: str, holder: str, timeout: float) -> None:
+        super().__init__(
+            f"{what} is locked by {holder}; gave up after {timeout:g} s "
+            "(set BCS_LOCK_TIMEOUT to wait longer)",
+            target=what,
+        )
+        self.holder = holder
+
+
 class Lock:
     """An exclusive flock on ``path``; the file's content names the current holder."""
 
@@ -104,12 +118,7 @@ class Lock:
             if time.monotonic() >= deadline:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise BusyError(
-                    f"{self.what} is locked by {holder}; gave up after {self.timeout:g} s "
-                    "(set BCS_LOCK_TIMEOUT to wait longer)",
-                    target=self.what,
-                    error_id="LockTimeout",
-                )
+                raise LockTimeout(self.what, holder, self.timeout)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         info = f"pid {os.getpid()} ({self.holder}) since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
