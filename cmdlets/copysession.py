@@ -213,7 +213,7 @@ def get_copy_session(
       Get-CopySession -Id 3f2a -Log
     """
     ids = {sessions.resolve_id(ctx.state, i) for i in id} if id else None
-    since = ctx.now() - last if last else None
+    since = ctx.now() - last if last is not None else None
     for record in _sessions(ctx):
         if ids is not None and record["Id"] not in ids:
             continue
@@ -244,7 +244,7 @@ def wait_copy_session(
       Wait-CopySession -Id 3f2a
       Start-BackupCopy 'Daily SQL' -Repository Offsite -RunAsync | Wait-CopySession -Timeout 1h
     """
-    deadline = time.monotonic() + timeout.total_seconds() if timeout else None
+    deadline = time.monotonic() + timeout.total_seconds() if timeout is not None else None
     for spec in id or []:
         session_id = sessions.resolve_id(ctx.state, spec)
         delay = 0.05

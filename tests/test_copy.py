@@ -424,3 +424,17 @@ def test_backup_names_and_session_ids_complete(backups, bcs):
     failed, _, _ = failed_session(backups, bcs)
     line = f"Resume-CopySession -Id {failed['Id'][:3]}"
     assert bcs("--complete", failed["Id"][:3], line).stdout.splitlines() == [failed["Id"]]
+
+
+def test_get_copy_session_filters(backups, bcs):
+    ok = bcs("Start-BackupCopy", "Weekly Files", "-Path", "one").objects[0]
+    failed, _, _ = failed_session(backups, bcs, target="two")
+    every = bcs("Get-CopySession").objects
+    assert [s["Id"] for s in every] == [failed["Id"], ok["Id"]]  # newest first
+    assert [s["Id"] for s in bcs("Get-CopySession", "-State", "actionrequired").objects] == [
+        failed["Id"]
+    ]
+    assert [s["Id"] for s in bcs("Get-CopySession", "-Result", "Success").objects] == [ok["Id"]]
+    assert len(bcs("Get-CopySession", "-Last", "24h").objects) == 2
+    assert bcs("Get-CopySession", "-Last", "0s").objects == []
+    assert bcs("Get-CopySession", "-State", "Sleeping").status == 2
