@@ -372,11 +372,15 @@ class _Journal:
         )
 
 
-def _remember(state: StateDir, session_id: str, index: int, kind: str, rel: str) -> None:
+def _remember(state: StateDir, session_id: str, index: int, paths: list[tuple[str, str]]) -> None:
+    """Record, before creating them, the folders and files the session is about to make
+    (one durable write for the whole list: every fsync counts on a chain of many files)."""
+
     def change(record: Record) -> None:
-        entry = {"Backup": index, "Kind": kind, "Rel": rel}
-        if entry not in record["Created"]:
-            record["Created"].append(entry)
+        for kind, rel in paths:
+            entry = {"Backup": index, "Kind": kind, "Rel": rel}
+            if entry not in record["Created"]:
+                record["Created"].append(entry)
 
     sessions.update(state, session_id, change)
 
@@ -404,18 +408,25 @@ def copy_backup(
         "BackupStarted",
         f"copying '{backup['Name']}' from {source} to {record['Target']['Path']}/{folder}",
     )
-    if not location.is_dir(folder):
-        _remember(state, session_id, index, "Dir", folder)
-        location.make_dir(folder)
+    make_folder = not location.is_dir(folder)
+    created: list[tuple[str, str]] = [("Dir", folder)] if make_folder else []
     tasks = []
     for entry in backup["Files"]:
         if entry["Copied"]:
             continue
         rel = f"{folder}/{entry['File']}"
-        _remember(state, session_id, index, "File", partial_name(rel))
-        _remember(state, session_id, index, "File", rel)
+        created += [("File", partial_name(rel)), ("File", rel)]
         tasks.append(
             FileTask(source / entry["File"], rel, entry["Size"], entry["Sha256"], entry["Durable"])
+        )
+    _remember(state, session_id, index, created)
+    if make_folder and not location.make_dir(folder):
+        foreign = {"Backup": index, "Kind": "Dir", "Rel": folder}
+        sessions.update(state, session_id, lambda r: r["Created"].remove(foreign))
+        raise InvalidOperationError(
+            f"the target folder {folder} appeared while the session started; it is not ours "
+            "to write into",
+            target=folder,
         )
     journal = _Journal(state, session_id, index, clock)
     outcomes = copy_files(tasks, location, journal, on_bytes=on_bytes, should_stop=should_stop)
@@ -470,8 +481,7 @@ def _write_copy_metadata(
     payload = (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
     rel = f"{backup['Folder']}/{vbm.name}"
     temp = partial_name(rel)
-    _remember(state, session_id, index, "File", temp)
-    _remember(state, session_id, index, "File", rel)
+    _remember(state, session_id, index, [("File", temp), ("File", rel)])
     out = location.open_write(temp, 0)
     try:
         out.write(payload)
