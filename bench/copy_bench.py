@@ -30,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tables import print_table
+
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 JOB = "Bench SQL"
@@ -352,15 +354,6 @@ def bench_copy(work: Path, repeat: int = 3) -> list[list[str]]:
     rows += [[name, reason, "-", "-", "-", "-"] for name, reason in missing.items()]
     rows.append(["Retry after a stop near 90%", retry, "-", "-", "-", "-"])
     return rows
-
-
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    print(f"\n{title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 def main() -> None:

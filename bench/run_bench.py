@@ -18,6 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tables import print_table  # noqa: E402 - found through the line above
+
 BIN = Path(sys.executable).parent
 
 
@@ -32,15 +36,6 @@ def median_seconds(run: Callable[[], object], repeat: int) -> float:
 
 def run_quiet(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> None:
     subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, check=True)
-
-
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    print(f"\n{title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
 def bench_cold_start(work: Path, repeat: int) -> None:
@@ -66,7 +61,7 @@ def bench_cold_start(work: Path, repeat: int) -> None:
         lambda: (shutil.rmtree(folder / ".bcs"), run_quiet(cmdlet, folder, env)),
         max(repeat // 4, 3),
     )
-    table(
+    print_table(
         f"Cold start (median of {repeat} runs; target: Get-BackupJob at most 130 ms)",
         ["command", "median ms", "ratio to python -c pass"],
         [
@@ -87,12 +82,11 @@ def bench_cold_start(work: Path, repeat: int) -> None:
 
 def bench_shell_startup(work: Path, repeat: int) -> None:
     try:
-        sys.path.insert(0, str(ROOT / "bench"))
         from shell_startup import measure_shell_startup  # type: ignore[import-not-found]
     except ImportError:
         return
     seconds = measure_shell_startup()
-    table(
+    print_table(
         "Interactive shell start-up to first prompt (median of 5)",
         ["what", "median ms"],
         [["bcs (interactive) to first prompt", f"{seconds * 1000:.1f}"]],
@@ -100,11 +94,10 @@ def bench_shell_startup(work: Path, repeat: int) -> None:
 
 
 def bench_copy_chain(work: Path, repeat: int) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
     from copy_bench import FULL_MIB, FULLS, HEADER, INCREMENT_MIB, INCREMENTS, bench_copy
 
     rows = bench_copy(work, max(3, repeat // 7))
-    table(
+    print_table(
         f"Copying a chain of {FULLS} x {FULL_MIB} MiB fulls + {INCREMENTS} x {INCREMENT_MIB} MiB "
         "increments to a folder on the same disk, until durable (targets: Start-BackupCopy "
         "<= 1.25x cp, <= 0.6x rsync, peak RSS < 80 MiB; Retry after 90% writes <= 15%)",

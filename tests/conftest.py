@@ -162,3 +162,27 @@ def mount_tmpfs(tmp_path: Path):
 @pytest.fixture
 def small_tmpfs(mount_tmpfs) -> Path:
     return mount_tmpfs("small", "size=1m")
+
+
+def start_process(workdir: Path, *argv: str) -> subprocess.Popen[str]:
+    """Start a cmdlet's console script as its own process (stdin at /dev/null)."""
+    return subprocess.Popen(
+        [str(BIN / argv[0]), *argv[1:]],
+        cwd=workdir,
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> None:
+    """Poll ``condition`` (an event to wait for, not a time) within a generous bound."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, clean_environ
+from conftest import start_process as start
+from conftest import wait_for
 from trees import edit, snapshot
 
 MiB = 1024 * 1024
@@ -140,27 +139,6 @@ def test_agent_policy_jobs_write_restore_points_too(repos, bcs):
     run_job(bcs, "Laptops")
     (backup,) = bcs("Get-Backup", "-Name", "Laptops").objects
     assert backup["JobType"] == "AgentPolicy"
-
-
-def start(workdir: Path, *argv: str) -> subprocess.Popen[str]:
-    env = clean_environ()
-    return subprocess.Popen(
-        [str(BIN / argv[0]), *argv[1:]],
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def big_source(workdir: Path) -> None:

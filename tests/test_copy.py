@@ -7,12 +7,12 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, clean_environ
+from conftest import start_process as start
+from conftest import wait_for
 from trees import edit, snapshot
 
 MiB = 1024 * 1024
@@ -277,26 +277,6 @@ def test_what_if_starts_nothing(backups, bcs):
     assert not (backups / "repo/offsite/Daily SQL").exists()
     assert bcs("Get-CopySession").objects == []
     assert job(bcs, "Daily SQL")["HeldBy"] == []
-
-
-def start(workdir: Path, *argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(BIN / argv[0]), *argv[1:]],
-        cwd=workdir,
-        env=clean_environ(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -84,28 +84,28 @@ def invoke(
     if pipeline is None:
         yield from _call(item, ctx, own)
         return
+    bound_objects = _bound(item, ctx, pipeline)
     streams = [p for p in item.pipeline_parameters() if p.kind == "stream"]
     if streams:
-        stream = streams[0]
+        name = streams[0].python_name
 
         def values() -> Iterator[Any]:
-            for line, obj in pipeline:
-                try:
-                    bound = bind_object(item, obj, line)
-                except BcsError as exc:
-                    ctx.write_error(exc)
-                    continue
-                value = bound.get(stream.python_name)
-                if value is None:
-                    continue
-                yield from value if isinstance(value, list) else [value]
+            for bound in bound_objects:
+                value = bound.get(name)
+                if value is not None:
+                    yield from value if isinstance(value, list) else [value]
 
-        yield from _call(item, ctx, {**own, stream.python_name: values()})
+        yield from _call(item, ctx, {**own, name: values()})
         return
+    for bound in bound_objects:
+        yield from _call(item, ctx, {**own, **bound})
+
+
+def _bound(item: Cmdlet, ctx: Context, pipeline: Pipeline) -> Iterator[dict[str, Any]]:
+    """Each pipeline object bound to parameters; one that binds to nothing is an error record
+    and the next object is read."""
     for line, obj in pipeline:
         try:
-            bound = bind_object(item, obj, line)
+            yield bind_object(item, obj, line)
         except BcsError as exc:
             ctx.write_error(exc)
-            continue
-        yield from _call(item, ctx, {**own, **bound})
