@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml plugins/bcs-smb/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e plugins/bcs-smb
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,7 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check cmdlets tests
+	$(BIN)/ruff check cmdlets tests bench plugins
 	$(BIN)/mypy
 
 clean:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from cmdlets.backup.catalog import Backup, all_backups, backup_object, matches, resolve
 from cmdlets.backupjob import restore_point_object
 from cmdlets.host.context import Context
 from cmdlets.host.errors import BcsError, NotFoundError
 from cmdlets.host.registry import Param, cmdlet
+
+if TYPE_CHECKING:
+    from cmdlets.backup.catalog import Backup
 
 BACKUP = "BackupCopy.Backup"
 BACKUP_SPEC = Param(
@@ -26,7 +28,23 @@ BACKUP_REQUIRED = dataclasses.replace(BACKUP_SPEC, mandatory=True)
 
 
 def _backups(ctx: Context) -> list[Backup]:
-    return all_backups(ctx.inventory, ctx.state, on_problem=ctx.write_error)
+    from cmdlets.backup.catalog import all_backups
+
+    return all_backups(
+        ctx.inventory, ctx.state, on_problem=ctx.write_error, locations=ctx.locations
+    )
+
+
+def _resolved(ctx: Context, specs: list[str]) -> Iterator[Backup]:
+    """The backup each spec names; one that names none (or several) is an error record."""
+    from cmdlets.backup.catalog import resolve
+
+    backups = _backups(ctx)
+    for spec in specs:
+        try:
+            yield resolve(backups, spec)
+        except BcsError as exc:
+            ctx.write_error(exc)
 
 
 @cmdlet("Get-Backup", output_type=BACKUP)
@@ -65,6 +83,8 @@ def get_backup(
       Get-Backup -Origin Copy | Test-Backup
       Get-BackupJob -Name 'Daily SQL' | Get-Backup
     """
+    from cmdlets.backup.catalog import backup_object, matches
+
     found = False
     for backup in _backups(ctx):
         if name and not any(fnmatch.fnmatch(backup.name.lower(), n.lower()) for n in name):
@@ -101,22 +121,16 @@ def test_backup(
     """
     from cmdlets.backup.verify import verify_backup
 
-    backups = _backups(ctx)
-    for spec in backup or []:
-        try:
-            target = resolve(backups, spec)
-        except BcsError as exc:
-            ctx.write_error(exc)
-            continue
-        ctx.verbose(f"testing {target.path}")
-        problems = verify_backup(target.path)
+    for target in _resolved(ctx, backup or []):
+        ctx.verbose(f"testing {target.where}")
+        problems = verify_backup(target.folder())
         if problems:
             ctx.status = max(ctx.status, 1)
         yield {
             "TypeName": "BackupCopy.BackupTest",
             "BackupId": target.id,
             "Name": target.name,
-            "Path": str(target.path),
+            "Path": target.where,
             "Result": "Failed" if problems else "Success",
             "Files": len(target.meta.restore_points),
             "Errors": problems,
@@ -134,13 +148,7 @@ def get_restore_point(
       Get-RestorePoint -Backup 'Daily SQL'
       Get-Backup -Origin Copy | Get-RestorePoint
     """
-    backups = _backups(ctx)
-    for spec in backup or []:
-        try:
-            target = resolve(backups, spec)
-        except BcsError as exc:
-            ctx.write_error(exc)
-            continue
+    for target in _resolved(ctx, backup or []):
         for point in target.meta.restore_points:
             yield restore_point_object(target.id, target.name, point)
 
@@ -174,6 +182,7 @@ def restore_backup(
       Restore-Backup 'Daily SQL' /tmp/sql -RestorePoint 0
       Get-Backup -Origin Copy -Name 'Daily SQL' | Restore-Backup -Destination /tmp/c -RestorePoint 0
     """
+    from cmdlets.backup.catalog import resolve
     from cmdlets.backup.chain import select_point
     from cmdlets.backup.restore import restore_point as restore
 
@@ -182,6 +191,6 @@ def restore_backup(
     folder = ctx.resolve(destination or "")
     if not ctx.should_process(str(folder), f"Restore {point.file} of backup '{target.name}'"):
         return
-    restored = restore(target.path, folder, point.index, force=force)
+    restored = restore(target.folder(), folder, point.index, force=force)
     ctx.verbose(f"restored {restored.file} into {folder}")
     yield restore_point_object(target.id, target.name, restored)

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from cmdlets.backup import copying, sessions
-from cmdlets.backup.catalog import Backup, all_backups, resolve
-from cmdlets.backup.chain import parse_time
+from cmdlets.backup import sessions
 from cmdlets.host.context import Context
-from cmdlets.host.errors import BcsError, InvalidOperationError, UsageError
+from cmdlets.host.errors import BcsError, BusyError, InvalidOperationError
 from cmdlets.host.registry import Param, cmdlet
 from cmdlets.store.records import Lock
+
+if TYPE_CHECKING:
+    from cmdlets.backup.catalog import Backup
 
 SESSION = "BackupCopy.CopySession"
 SESSION_ID = Param(
@@ -54,12 +56,14 @@ class _Interrupt:
 
 def _work(ctx: Context, session_id: str, lock: Lock, run_async: bool) -> dict[str, Any]:
     """Run the session here (with a progress bar on a terminal) or in a detached worker."""
+    from cmdlets.backup import copying
+
     state = ctx.state
     if run_async:
         from cmdlets.backup.worker import spawn
 
         assert lock._fd is not None
-        pid = spawn(state.root, session_id, lock._fd)
+        pid = spawn(state.root, session_id, lock._fd, ctx.env.environ)
         lock.release()  # the worker holds the same lock through its inherited descriptor
         record = sessions.update(state, session_id, lambda r: r.update(ProcessId=pid))
         sessions.log(state, session_id, ctx.now(), "WorkerStarted", f"detached worker pid {pid}")
@@ -74,7 +78,13 @@ def _work(ctx: Context, session_id: str, lock: Lock, run_async: bool) -> dict[st
     try:
         with _Interrupt() as interrupt:
             record = copying.run(
-                state, ctx.inventory, session_id, ctx.now, bar.advance, lambda: interrupt.hit
+                state,
+                ctx.inventory,
+                session_id,
+                ctx.now,
+                bar.advance,
+                lambda: interrupt.hit,
+                ctx.locations,
             )
         if interrupt.hit:
             ctx.status = 130
@@ -107,9 +117,19 @@ def start_backup_copy(
         str | None,
         Param(help="Copy into this repository (or scale-out repository).", completes="repository"),
     ] = None,
-    path: Annotated[str | None, Param(help="Copy into this folder (created if missing).")] = None,
+    path: Annotated[
+        str | None,
+        Param(
+            help="Copy into this folder (created if missing): a local folder, or a shared folder "
+            "//server/share/folder or smb://server[:port]/share/folder (bcs-smb plugin)."
+        ),
+    ] = None,
     credential: Annotated[
-        str | None, Param(help="Credential of the inventory for a shared folder -Path.")
+        str | None,
+        Param(
+            help="Credential of the inventory for a shared folder -Path (default: the one of "
+            "the shared-folder repository the path is in)."
+        ),
     ] = None,
     name: Annotated[
         list[str] | None,
@@ -136,20 +156,24 @@ def start_backup_copy(
       Get-Backup -Name 'Daily SQL' | Start-BackupCopy -Repository Offsite
       Start-BackupCopy -Backup 'Daily SQL',Mail -Path /mnt/usb/copies -RunAsync
       Start-BackupCopy -Backup 'Daily SQL' -Repository Main -Name 'Daily SQL (copy)'
+      Start-BackupCopy -Backup 'Daily SQL' -Path //nas01/backups/copies -Credential nas
     """
-    if credential is not None and not (path or "").startswith(("//", "smb://")):
-        raise UsageError(
-            "-Credential applies to a shared folder -Path (//server/share/...)", target=credential
-        )
+    from cmdlets.backup import copying
+    from cmdlets.backup.catalog import all_backups, resolve
+
     inventory, state = ctx.inventory, ctx.state
-    catalog = all_backups(inventory, state)
+    catalog = all_backups(inventory, state, locations=ctx.locations)
     chosen: list[Backup] = []
     for spec in backup or []:
         found = resolve(catalog, spec)
         if all(b.id != found.id for b in chosen):
             chosen.append(found)
-    target = copying.choose_target(inventory, chosen, repository, path, ctx.env.cwd)
-    record = copying.plan(inventory, chosen, target, name, ctx.inventory_path, ctx.now())
+    target = copying.choose_target(
+        inventory, chosen, repository, path, ctx.env.cwd, ctx.locations, credential
+    )
+    record = copying.plan(
+        inventory, chosen, target, name, ctx.inventory_path, ctx.now(), ctx.locations
+    )
     what = ", ".join(f"'{b.name}'" for b in chosen)
     if not ctx.should_process(target["Path"], f"Copy backup {what}"):
         return
@@ -212,6 +236,8 @@ def get_copy_session(
       Get-CopySession -Last 24h -Result Warning
       Get-CopySession -Id 3f2a -Log
     """
+    from cmdlets.backup.chain import parse_time
+
     ids = {sessions.resolve_id(ctx.state, i) for i in id} if id else None
     since = ctx.now() - last if last is not None else None
     for record in _sessions(ctx):
@@ -339,6 +365,8 @@ def resume_copy_session(
       Get-CopySession -State ActionRequired | Resume-CopySession -Action SkipFailed
       Resume-CopySession -Id 3f2a -Action Undo -Confirm:$false
     """
+    from cmdlets.backup import copying
+
     assert action is not None
     for spec in id or []:
         session_id = sessions.resolve_id(ctx.state, spec)
@@ -363,11 +391,21 @@ def resume_copy_session(
         else:
             with contextlib.ExitStack() as stack:
                 stack.callback(lock.release)
-                record = copying.finalize(ctx.state, ctx.inventory, session_id, action, ctx.now)
+                record = copying.finalize(
+                    ctx.state, ctx.inventory, session_id, action, ctx.now, ctx.locations
+                )
         yield sessions.session_object(record)
 
 
 def _must_need_action(record: dict[str, Any], session_id: str) -> None:
+    if record.get("State") in sessions.ACTIVE:
+        # Read after settle_if_orphaned: a process is alive and working on it.
+        raise BusyError(
+            f"copy session {session_id} is being worked on by pid {record.get('ProcessId')} "
+            f"({record.get('State')})",
+            target=session_id,
+            error_id="SessionBusy",
+        )
     if record.get("State") != "ActionRequired":
         raise InvalidOperationError(
             f"copy session {session_id} is {record.get('State')} (result "
@@ -384,6 +422,7 @@ def _begin(ctx: Context, session_id: str, action: str) -> None:
         record.setdefault("Actions", []).append(
             {"Action": action, "Time": now.isoformat(), "Result": None}
         )
+        record["ProcessId"] = os.getpid()  # an async worker puts its own pid here
         if action == "Retry":
             record["State"] = "Working"
             record["Reason"] = None

@@ -93,7 +93,8 @@ def get_plugin(
     """List the plugins found through the entry-point group bcs.plugins, loaded or not.
 
     BCS_LOAD_PLUGINS (a comma list; empty loads none) chooses which outside plugins load; the
-    built-in cmdlets are a plugin too and always load.
+    built-in cmdlets are a plugin too and always load. Locations names the kinds of path a
+    plugin reaches (smb: shared folders).
 
     Examples:
       Get-Plugin
@@ -116,6 +117,7 @@ def get_plugin(
             "Enabled": info.enabled,
             "Loaded": info.loaded,
             "Cmdlets": info.cmdlets,
+            "Locations": info.locations,
             "Error": info.error,
         }
     if wanted and not found:

@@ -136,7 +136,8 @@ def test_checks_fail_before_anything_is_touched(backups, bcs, argv, status, mess
         home = "a" if (backups / "sobr/a/Weekly Files").exists() else "b"
         argv = [a.replace("sobr/b", f"sobr/{home}") for a in argv]
     before = snapshot(backups)
-    result = bcs("Start-BackupCopy", "-Backup", *argv)
+    # Without plugins, as without bcs-smb installed: a shared folder names the plugin it needs.
+    result = bcs("Start-BackupCopy", "-Backup", *argv, environ={"BCS_LOAD_PLUGINS": ""})
     assert result.status == status, result.stderr
     assert message in result.stderr
     assert snapshot(backups) == before
@@ -323,9 +324,8 @@ def test_two_processes_resuming_one_session(big_chain, bcs, workdir):
     try:
         wait_for(lambda: session(bcs, failed["Id"])["State"] == "Working", "the first resume")
         second = bcs("Resume-CopySession", failed["Id"], "-Action", "Retry")
-        assert second.status in (1, 3), second.stderr
-        if second.status == 3:
-            assert f"pid {first.pid}" in second.stderr
+        assert second.status == 3, second.stderr
+        assert f"pid {first.pid}" in second.stderr
     finally:
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err

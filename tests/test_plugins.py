@@ -102,3 +102,40 @@ def test_every_cmdlet_has_help_with_examples(bcs):
         result = bcs("Get-Help", item.name, "-Examples")
         assert result.status == 0
         assert item.name in result.stdout.split("EXAMPLES", 1)[1], item.name
+
+
+LOCATIONS_ONLY = """
+class Provider:
+    name = "demo"
+
+    def handles(self, path):
+        return path.startswith("demo://")
+
+    def open(self, path, login):
+        raise OSError(5, "no demo server")
+
+    def split(self, path):
+        return "demo://top", path[len("demo://top/"):]
+
+def bcs_locations():
+    return [Provider()]
+"""
+BAD_PROVIDER = "class P:\n    name = 'bad'\n\ndef bcs_locations():\n    return [P()]\n"
+NO_HOOK = "VALUE = 1\n"
+
+
+def test_a_plugin_may_bring_only_location_providers_checked_when_it_loads(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    add_plugin(site, "bcs_demo", "demo", "bcs_demo_plugin", LOCATIONS_ONLY)
+    add_plugin(site, "bcs_bad", "bad", "bcs_bad_plugin", BAD_PROVIDER)
+    add_plugin(site, "bcs_none", "none", "bcs_none_plugin", NO_HOOK)
+    monkeypatch.syspath_prepend(str(site))
+    warned: list[str] = []
+    registry, infos = load({}, warned.append, path=[str(site)])
+    by_name = {info.entry_point.name: info for info in infos}
+    assert by_name["demo"].loaded and by_name["demo"].locations == ["demo"]
+    assert [p.name for p in registry.locations] == ["demo"]
+    assert not by_name["bad"].loaded and "has no handles() method" in by_name["bad"].error
+    assert not by_name["none"].loaded and "none of the hooks" in by_name["none"].error
+    assert len(warned) == 2

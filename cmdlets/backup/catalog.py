@@ -1,17 +1,34 @@
 """Where backups are: chains found in repositories and extents, and copies registered by copy
-sessions (a copy in a plain folder is known only through its registration)."""
+sessions (a copy in a plain folder or on a shared folder is known only through its
+registration).
+
+A copy on a shared folder is listed from the metadata its registration recorded (a copy's
+chain never changes: no job writes into it), so that listing backups needs neither the
+network nor a password; its files, and its ``.vbm`` again, are read through the location
+that reaches the share only when they are used (Test-Backup, Restore-Backup).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cmdlets.backup.chain import BackupMetadata, find_backups, format_time, read_metadata
+from cmdlets.backup.chain import (
+    BackupMetadata,
+    find_backups,
+    format_time,
+    metadata_from_json,
+    read_metadata,
+)
 from cmdlets.backup.inventory import Inventory, is_share_path
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError
 from cmdlets.store import StateDir
+
+if TYPE_CHECKING:
+    from cmdlets.backup.location import Location, Locations
 
 COPIES = "copies"  # state records of registered copies, keyed by the copy's backup id
 
@@ -23,6 +40,9 @@ class Backup:
     repository: str | None
     extent: str | None
     copy: dict[str, Any] | None = None  # the registration, for a copy
+    # Opens the location its files are read from when they are not in a local folder (a
+    # shared folder); ``path`` then only gives the folder's name.
+    opener: Callable[[], Location] | None = None
 
     @property
     def id(self) -> str:
@@ -33,11 +53,22 @@ class Backup:
         return self.path.name
 
     @property
+    def where(self) -> str:
+        """The backup folder, for people: a local path, or the shared folder's path."""
+        if self.opener is not None and self.copy is not None:
+            return str(self.copy["Path"])
+        return str(self.path)
+
+    def folder(self) -> Path | Location:
+        """Where to read its files: the local folder, or the location reaching it."""
+        return self.opener() if self.opener is not None else self.path
+
+    @property
     def origin(self) -> str:
         return "Copy" if self.copy else "Job"
 
 
-def locations(inventory: Inventory) -> Iterator[tuple[str, str | None, Path]]:
+def local_folders(inventory: Inventory) -> Iterator[tuple[str, str | None, Path]]:
     """(repository, extent, folder) of every local repository and extent."""
     for repo in inventory.repositories:
         if repo.extents:
@@ -48,12 +79,19 @@ def locations(inventory: Inventory) -> Iterator[tuple[str, str | None, Path]]:
 
 
 def all_backups(
-    inventory: Inventory, state: StateDir, on_problem: Callable[[BcsError], None] | None = None
+    inventory: Inventory,
+    state: StateDir,
+    on_problem: Callable[[BcsError], None] | None = None,
+    locations: Locations | None = None,
 ) -> list[Backup]:
+    """Every backup: chains in the local repositories and extents, then registered copies.
+
+    A copy on a shared folder is reached through ``locations`` when its files are read.
+    """
     copies = {key: record for key, record in state.records(COPIES)}
     found: list[Backup] = []
     seen: set[Path] = set()
-    for repo, extent, folder in locations(inventory):
+    for repo, extent, folder in local_folders(inventory):
         if not folder.exists():
             continue  # a repository nothing was written to yet
         for path, meta in find_backups(folder, on_problem=on_problem):
@@ -61,16 +99,29 @@ def all_backups(
             found.append(Backup(meta, path, repo, extent, copies.get(meta.backup_id)))
     for key, record in copies.items():
         path = Path(record.get("Path", ""))
-        if path in seen or not record.get("Path") or record.get("Location", "Folder") != "Folder":
+        if path in seen or not record.get("Path"):
             continue
+        opener = None
         try:
-            meta = read_metadata(path)
+            if record.get("Location", "Folder") == "Folder":
+                meta = read_metadata(path)
+            else:
+                meta = metadata_from_json(record.get("Metadata"), f"registered copy {key}")
+                opener = functools.partial(_open_copy, record, locations)
         except BcsError as exc:
             if on_problem:
-                on_problem(BcsError(f"registered copy {key} at {path}: {exc.message}"))
+                on_problem(BcsError(f"registered copy {key} at {record['Path']}: {exc.message}"))
             continue
-        found.append(Backup(meta, path, record.get("Repository"), record.get("Extent"), record))
+        found.append(
+            Backup(meta, path, record.get("Repository"), record.get("Extent"), record, opener)
+        )
     return found
+
+
+def _open_copy(record: dict[str, Any], locations: Locations | None) -> Location:
+    if locations is None:
+        raise BcsError(f"{record['Path']} is on a shared folder: no location reaches it here")
+    return locations.open(record["Path"], record.get("Credential"))
 
 
 def backup_object(backup: Backup) -> dict[str, Any]:
@@ -84,7 +135,7 @@ def backup_object(backup: Backup) -> dict[str, Any]:
         "JobType": "AgentPolicy" if meta.job_type == "agent-policy" else "BackupJob",
         "Repository": backup.repository,
         "Extent": backup.extent,
-        "Path": str(backup.path),
+        "Path": backup.where,
         "Origin": backup.origin,
         "SourceBackupId": backup.copy.get("SourceBackupId") if backup.copy else None,
         "CopySessionId": backup.copy.get("CopySessionId") if backup.copy else None,
@@ -115,7 +166,7 @@ def resolve(backups: list[Backup], spec: str) -> Backup:
         known = ", ".join(sorted({b.name for b in backups})) or "none"
         raise NotFoundError(f"no backup named or with id '{spec}' (backups: {known})", target=spec)
     if len(found) > 1:
-        listed = "; ".join(f"{b.id} ({b.name} in {b.repository or b.path})" for b in found)
+        listed = "; ".join(f"{b.id} ({b.name} in {b.repository or b.where})" for b in found)
         raise InvalidOperationError(
             f"'{spec}' names {len(found)} backups: {listed}; name one by id",
             target=spec,

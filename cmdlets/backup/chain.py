@@ -19,9 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cmdlets.host.errors import BcsError, ExitStatus, NotFoundError
+
+if TYPE_CHECKING:
+    from cmdlets.backup.location import Location
 
 FORMAT_VERSION = 1
 METADATA_SUFFIX = ".vbm"
@@ -263,6 +266,48 @@ def read_metadata(backup_dir: Path) -> BackupMetadata:
     (restore point file names that are not plain names, indexes out of order).
     """
     return read_metadata_file(metadata_path(backup_dir))
+
+
+def read_location_metadata(folder: Location) -> BackupMetadata:
+    """read_metadata for a backup folder reached through a location (a copy on a shared
+    folder): ``folder`` is the backup folder itself, its description names it in errors."""
+    from cmdlets.backup.location import LocationError
+
+    where = folder.description.rstrip("/")
+    usual = where.rsplit("/", 1)[-1] + METADATA_SUFFIX
+    try:
+        names = folder.list_dir("")
+    except FileNotFoundError:
+        raise NotFoundError(f"backup folder {where} does not exist", target=where) from None
+    except (OSError, LocationError) as exc:
+        cause = exc.message if isinstance(exc, LocationError) else exc.strerror or str(exc)
+        raise BackupFormatError(
+            f"cannot list backup folder {where}: {cause}", target=where
+        ) from None
+    found = sorted(n for n in names if n.endswith(METADATA_SUFFIX) and not n.startswith("."))
+    if usual in found:
+        name = usual
+    elif len(found) == 1:
+        name = found[0]
+    elif not found:
+        raise BackupFormatError(
+            f"{where}/{usual}: metadata file is missing (not a backup folder)", target=where
+        )
+    else:
+        raise BackupFormatError(
+            f"{where}: several metadata files ({', '.join(found)}) and none named {usual}",
+            target=where,
+        )
+    path = f"{where}/{name}"
+    try:
+        with folder.open_read(name) as f:
+            data = json.load(f)
+    except (OSError, LocationError) as exc:
+        cause = exc.message if isinstance(exc, LocationError) else exc.strerror or str(exc)
+        raise BackupFormatError(f"{path}: cannot read: {cause}", target=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BackupFormatError(f"{path}: metadata is not valid JSON: {exc}", target=path) from exc
+    return metadata_from_json(data, path)
 
 
 def read_metadata_file(path: Path) -> BackupMetadata:

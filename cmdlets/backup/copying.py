@@ -31,8 +31,8 @@ from cmdlets.backup.chain import (
     metadata_from_json,
     validate_name,
 )
-from cmdlets.backup.inventory import Inventory, Repository, is_share_path
-from cmdlets.backup.location import LocalLocation, Location
+from cmdlets.backup.inventory import Inventory, Repository
+from cmdlets.backup.location import Location, Locations
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError, UsageError
 from cmdlets.store import StateDir
 
@@ -58,18 +58,44 @@ def _scale_out_of(inventory: Inventory, backup: Backup) -> Repository | None:
     return repo if repo is not None and repo.extents else None
 
 
+def local_only(inventory: Inventory) -> Locations:
+    """Locations without any plugin's providers: local folders only (no password is read)."""
+    return Locations([], inventory.credentials, {})
+
+
+def _share_credential(inventory: Inventory, locations: Locations, path: str) -> str | None:
+    """The credential of the shared-folder repository that ``path`` is in, if any."""
+    wanted = path.rstrip("/").casefold()
+    for repo in inventory.repositories:
+        if repo.path and repo.credential and not locations.is_local(repo.path):
+            base = repo.path.rstrip("/").casefold()
+            if wanted == base or wanted.startswith(base + "/"):
+                return repo.credential
+    return None
+
+
 def choose_target(
     inventory: Inventory,
     backups: list[Backup],
     repository: str | None,
     path: str | None,
     cwd: Path,
+    locations: Locations | None = None,
+    credential: str | None = None,
 ) -> dict[str, Any]:
-    """The target of a session: ``{"Kind", "Repository", "Extent", "Path"}``."""
+    """The target of a session: ``{"Kind", "Repository", "Extent", "Path"}``, and for a
+    shared folder (``Kind`` Share) the name of the ``Credential`` that reaches it."""
     from cmdlets.repository import free_bytes
 
+    locations = locations or local_only(inventory)
     if (repository is None) == (path is None):
         raise UsageError("give either -Repository NAME or -Path FOLDER", error_id="TargetMissing")
+    if credential is not None and (path is None or locations.is_local(path)):
+        raise UsageError(
+            "-Credential applies to a shared folder -Path (//server/share/...)",
+            target=credential,
+            error_id="CredentialNotApplicable",
+        )
     if repository is not None:
         repo = inventory.repository(repository)
         if repo is None:
@@ -101,21 +127,39 @@ def choose_target(
                 "Extent": best.name,
                 "Path": best.path,
             }
-        if repo.path is None or is_share_path(repo.path):
-            raise UsageError(
-                f"repository '{repo.name}' is a shared folder: copying to it needs the bcs-smb "
-                "plugin",
-                target=repo.name,
-                error_id="PluginRequired",
-            )
+        assert repo.path is not None  # the schema wants a path or extents
+        if not locations.is_local(repo.path):
+            locations.require(repo.path, f"repository '{repo.name}'")
+            return {
+                "Kind": "Share",
+                "Repository": repo.name,
+                "Extent": None,
+                "Path": repo.path,
+                "Credential": repo.credential,
+            }
         return {"Kind": "Repository", "Repository": repo.name, "Extent": None, "Path": repo.path}
     assert path is not None
-    if is_share_path(path):
-        raise UsageError(
-            f"'{path}' is a shared folder: copying to it needs the bcs-smb plugin",
-            target=path,
-            error_id="PluginRequired",
+    if not locations.is_local(path):
+        locations.require(path)
+        name = credential or _share_credential(inventory, locations, path)
+        if name is not None:
+            name = locations.credential(name).name
+        share = path.rstrip("/")
+        repo_named = next(
+            (
+                r.name
+                for r in inventory.repositories
+                if r.path and r.path.rstrip("/").casefold() == share.casefold()
+            ),
+            None,
         )
+        return {
+            "Kind": "Share",
+            "Repository": repo_named,
+            "Extent": None,
+            "Path": share,
+            "Credential": name,
+        }
     folder = (cwd / os.path.expanduser(path)).resolve()
     for backup in backups:
         sobr = _scale_out_of(inventory, backup)
@@ -139,7 +183,7 @@ def choose_target(
                     "Extent": extent.name,
                     "Path": str(folder),
                 }
-        if repo.path and not is_share_path(repo.path) and folder == Path(repo.path).resolve():
+        if repo.path and locations.is_local(repo.path) and folder == Path(repo.path).resolve():
             return {
                 "Kind": "Repository",
                 "Repository": repo.name,
@@ -149,6 +193,47 @@ def choose_target(
     return {"Kind": "Folder", "Repository": None, "Extent": None, "Path": str(folder)}
 
 
+def _target_checks(
+    target: dict[str, Any], locations: Locations
+) -> tuple[Callable[[str], bool], Callable[[], int | None]]:
+    """Whether a folder exists at the target, and the target's free space."""
+    from cmdlets.repository import free_bytes
+
+    root = target["Path"]
+    if locations.is_local(root):
+
+        def local_exists(folder: str) -> bool:
+            return os.path.lexists(Path(root) / folder)
+
+        return local_exists, lambda: free_bytes(str(root))
+    try:
+        location = locations.open(root, target.get("Credential"))
+    except OSError as exc:
+        raise _unreachable(root, exc) from None
+
+    def exists(folder: str) -> bool:
+        try:
+            return location.exists(folder)
+        except OSError as exc:
+            raise _unreachable(root, exc) from None
+
+    def free() -> int | None:
+        try:
+            return location.free_bytes()
+        except OSError as exc:
+            raise _unreachable(root, exc) from None
+
+    return exists, free
+
+
+def _unreachable(where: str, exc: OSError) -> BcsError:
+    return BcsError(
+        f"cannot use the target {where}: {exc.strerror or exc}",
+        target=where,
+        error_id="TargetUnreachable",
+    )
+
+
 def plan(
     inventory: Inventory,
     backups: list[Backup],
@@ -156,11 +241,12 @@ def plan(
     names: list[str] | None,
     inventory_path: Path,
     now: datetime,
+    locations: Locations | None = None,
 ) -> Record:
     """Check everything and describe the session; nothing is touched yet."""
     from cmdlets.backup.copyengine import partial_name  # noqa: F401 - fail early if missing
-    from cmdlets.repository import free_bytes
 
+    locations = locations or local_only(inventory)
     if not backups:
         raise UsageError(
             "no backup to copy: give -Backup or pipe Backup objects", error_id="NoBackup"
@@ -171,7 +257,16 @@ def plan(
             "backup, in the same order",
             error_id="NameCountMismatch",
         )
-    root = Path(target["Path"])
+    root = target["Path"].rstrip("/") or target["Path"]
+    for backup in backups:
+        if backup.opener is not None:
+            raise InvalidOperationError(
+                f"backup '{backup.name}' is a copy on a shared folder ({backup.where}): copying "
+                "from a shared folder is not supported; restore it, or copy its source backup",
+                target=backup.name,
+                error_id="SourceNotLocal",
+            )
+    exists, free_bytes = _target_checks(target, locations)
     planned: list[Record] = []
     folders: set[str] = set()
     for index, backup in enumerate(backups):
@@ -190,11 +285,12 @@ def plan(
                 target=folder,
             )
         folders.add(folder.lower())
-        if os.path.lexists(root / folder):
+        if exists(folder):
+            where = str(Path(root) / folder) if locations.is_local(root) else f"{root}/{folder}"
             raise InvalidOperationError(
-                f"the target folder {root / folder} already exists; bcs never overwrites: "
+                f"the target folder {where} already exists; bcs never overwrites: "
                 "choose another folder name with -Name",
-                target=str(root / folder),
+                target=where,
                 error_id="TargetExists",
             )
         files = [
@@ -218,7 +314,7 @@ def plan(
             }
         )
     needed = sum(b["BytesTotal"] for b in planned)
-    free = free_bytes(str(root))
+    free = free_bytes()
     if free is not None and needed > free:
         raise InvalidOperationError(
             f"not enough free space at {root}: the session needs {needed} bytes, {free} are free",
@@ -302,13 +398,18 @@ def release_holds(state: StateDir, inventory: Inventory, record: Record, clock: 
 # -- the work ---------------------------------------------------------------------------------
 
 
-def location_of(record: Record) -> Location:
-    return LocalLocation(Path(record["Target"]["Path"]))
+def location_of(record: Record, locations: Locations) -> Location:
+    target = record["Target"]
+    return locations.open(target["Path"], target.get("Credential"))
 
 
-def make_root(state: StateDir, record: Record, clock: Clock) -> None:
+def make_root(state: StateDir, record: Record, clock: Clock, locations: Locations) -> None:
     """Create the target folder (and missing parents) for -Path, recording each one."""
-    root = Path(record["Target"]["Path"])
+    target = record["Target"]
+    if not locations.is_local(target["Path"]):
+        _make_remote_root(state, record, clock, locations)
+        return
+    root = Path(target["Path"])
     missing: list[Path] = []
     probe = root
     while not probe.exists():
@@ -319,6 +420,33 @@ def make_root(state: StateDir, record: Record, clock: Clock) -> None:
         with contextlib.suppress(FileExistsError):
             folder.mkdir(mode=0o755)
         sessions.log(state, record["Id"], clock(), "FolderCreated", str(folder))
+
+
+def _make_remote_root(state: StateDir, record: Record, clock: Clock, locations: Locations) -> None:
+    """The same through the location of the topmost folder (the share): each missing folder
+    on the way is recorded, then created."""
+    target = record["Target"]
+    top_path, top, rel = locations.open_top(target["Path"], target.get("Credential"))
+    parts = rel.split("/") if rel else []
+    for count in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:count])
+        if top.is_dir(prefix):
+            continue
+        shown = f"{top_path.rstrip('/')}/{prefix}"
+        sessions.update(state, record["Id"], _appender("CreatedRoots", shown))
+        top.make_dir(prefix)
+        sessions.log(state, record["Id"], clock(), "FolderCreated", shown)
+
+
+def _remove_root(root: str, record: Record, locations: Locations) -> None:
+    """Remove one folder make_root created, if it is empty (OSError otherwise)."""
+    if locations.is_local(root):
+        os.rmdir(root)
+        return
+    _, top, rel = locations.open_top(root, record["Target"].get("Credential"))
+    if top.list_dir(rel):
+        raise OSError(39, "not empty", root)
+    top.remove_dir(rel)
 
 
 def _appender(key: str, value: Any) -> Callable[[Record], None]:
@@ -392,13 +520,14 @@ def copy_backup(
     clock: Clock,
     on_bytes: Callable[[int, str], None],
     should_stop: Callable[[], bool],
+    locations: Locations,
 ) -> tuple[bool, int]:
     """Copy one backup of the session; returns (copied, bytes written)."""
     from cmdlets.backup.copyengine import FileTask, copy_files, partial_name
 
     record = sessions.read(state, session_id) or {}
     backup = record["Backups"][index]
-    location = location_of(record)
+    location = location_of(record, locations)
     folder = backup["Folder"]
     source = Path(backup["SourcePath"])
     sessions.log(
@@ -440,8 +569,9 @@ def copy_backup(
             )
         _set_backup(state, session_id, index, Status="Failed", Error=error)
         return False, written
-    written += _write_copy_metadata(state, session_id, index, location, clock)
-    _register(state, session_id, index)
+    size, metadata = _write_copy_metadata(state, session_id, index, location, clock)
+    written += size
+    _register(state, session_id, index, locations, metadata)
     _set_backup(state, session_id, index, Status="Copied", Error=None)
     sessions.log(
         state,
@@ -455,8 +585,9 @@ def copy_backup(
 
 def _write_copy_metadata(
     state: StateDir, session_id: str, index: int, location: Location, clock: Clock
-) -> int:
-    """The copy's .vbm: the source's chain under the copy's own backup id, written last."""
+) -> tuple[int, dict[str, Any]]:
+    """The copy's .vbm: the source's chain under the copy's own backup id, written last.
+    Returns its size and its content."""
     from cmdlets.backup.copyengine import partial_name
 
     record = sessions.read(state, session_id) or {}
@@ -490,22 +621,31 @@ def _write_copy_metadata(
         out.close()
     location.rename(temp, rel)
     location.sync_dir(backup["Folder"])
-    return len(payload)
+    return len(payload), data
 
 
-def _register(state: StateDir, session_id: str, index: int) -> None:
+def _register(
+    state: StateDir, session_id: str, index: int, locations: Locations, metadata: dict[str, Any]
+) -> None:
     record = sessions.read(state, session_id) or {}
     backup = record["Backups"][index]
     target = record["Target"]
+    local = locations.is_local(target["Path"])
     copy = {
         "CopyId": backup["CopyId"],
-        "Path": str(Path(target["Path"]) / backup["Folder"]),
-        "Location": "Folder",
+        "Path": str(Path(target["Path"]) / backup["Folder"])
+        if local
+        else f"{target['Path'].rstrip('/')}/{backup['Folder']}",
+        "Location": "Folder" if local else "Share",
+        "Credential": None if local else target.get("Credential"),
         "Repository": target.get("Repository"),
         "Extent": target.get("Extent"),
         "SourceBackupId": backup["BackupId"],
         "CopySessionId": session_id,
     }
+    if not local:
+        # Listing it then needs neither the network nor a password (see catalog).
+        copy["Metadata"] = metadata
     state.update(COPIES, backup["CopyId"], lambda _old: copy)
 
 
@@ -520,9 +660,12 @@ def run(
     clock: Clock,
     on_bytes: Callable[[int, str], None] = lambda n, f: None,
     interrupted: Callable[[], bool] = lambda: False,
+    locations: Locations | None = None,
 ) -> Record:
     """Work on a session until every backup is copied or failed; the caller has claimed it."""
     import time
+
+    locations = locations or local_only(inventory)
 
     last_poll = [0.0, False]
 
@@ -543,13 +686,25 @@ def run(
     record = sessions.update(state, session_id, begin)
     written = 0
     try:
-        make_root(state, record, clock)
+        try:
+            make_root(state, record, clock, locations)
+        except (BcsError, OSError) as exc:
+            # The target cannot be reached or made (a share whose server is down): every
+            # backup still to copy fails with that cause, and the session waits for action.
+            message = exc.message if isinstance(exc, BcsError) else _os_message(exc)
+            for index, backup in enumerate(record["Backups"]):
+                if backup["Status"] in ("Pending", "Copying"):
+                    _set_backup(state, session_id, index, Status="Failed", Error=message)
+            sessions.log(state, session_id, clock(), "TargetFailed", message)
+            return _conclude(state, inventory, session_id, clock, written)
         for index, backup in enumerate(record["Backups"]):
             if backup["Status"] not in ("Pending", "Copying"):
                 continue
             _set_backup(state, session_id, index, Status="Copying", Error=None)
             try:
-                _, n = copy_backup(state, session_id, index, clock, on_bytes, should_stop)
+                _, n = copy_backup(
+                    state, session_id, index, clock, on_bytes, should_stop, locations
+                )
                 written += n
             except BcsError as exc:
                 _set_backup(state, session_id, index, Status="Failed", Error=exc.message)
@@ -557,7 +712,7 @@ def run(
                     state, session_id, clock(), "BackupFailed", f"'{backup['Name']}': {exc.message}"
                 )
             except OSError as exc:
-                message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+                message = _os_message(exc)
                 _set_backup(state, session_id, index, Status="Failed", Error=message)
                 sessions.log(
                     state, session_id, clock(), "BackupFailed", f"'{backup['Name']}': {message}"
@@ -565,6 +720,10 @@ def run(
     finally:
         record = sessions.read(state, session_id) or record
     return _conclude(state, inventory, session_id, clock, written)
+
+
+def _os_message(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _conclude(
@@ -623,14 +782,31 @@ def _conclude(
 # -- finalization ------------------------------------------------------------------------------
 
 
+def _reach(record: Record, locations: Locations) -> Location:
+    """The session's target, or an error if it cannot be reached now."""
+    try:
+        location = location_of(record, locations)
+        location.exists("")
+    except OSError as exc:
+        raise _unreachable(record["Target"]["Path"], exc) from None
+    return location
+
+
 def remove_created(
-    state: StateDir, record: Record, which: Callable[[int], bool], clock: Clock
+    state: StateDir,
+    record: Record,
+    which: Callable[[int], bool],
+    clock: Clock,
+    locations: Locations,
 ) -> list[str]:
     """Remove what the session recorded creating for the chosen backups, newest first; a
     folder is removed only if empty (anything someone else put there stays). Returns what
-    could not be removed."""
-    location = location_of(record)
+    could not be removed. A target that cannot be reached at all is an error: nothing is
+    removed, and the caller leaves the session as it is, to be finalized once it can."""
     left: list[str] = []
+    if not any(which(entry["Backup"]) for entry in record.get("Created", [])):
+        return left
+    location = _reach(record, locations)
     for entry in reversed(record.get("Created", [])):
         if not which(entry["Backup"]):
             continue
@@ -650,25 +826,56 @@ def remove_created(
 
 
 def finalize(
-    state: StateDir, inventory: Inventory, session_id: str, action: str, clock: Clock
+    state: StateDir,
+    inventory: Inventory,
+    session_id: str,
+    action: str,
+    clock: Clock,
+    locations: Locations | None = None,
 ) -> Record:
     """SkipFailed or Undo: remove what must go, release the holds, end the session."""
+    locations = locations or local_only(inventory)
     record = sessions.read(state, session_id) or {}
+    try:
+        return _finalize(state, inventory, record, action, clock, locations)
+    except BcsError:
+
+        def failed(current: Record) -> None:
+            current["ProcessId"] = None
+            if current.get("Actions"):
+                current["Actions"][-1]["Result"] = "Failed"
+
+        sessions.update(state, session_id, failed)
+        raise
+
+
+def _finalize(
+    state: StateDir,
+    inventory: Inventory,
+    record: Record,
+    action: str,
+    clock: Clock,
+    locations: Locations,
+) -> Record:
+    session_id = record["Id"]
     if action == "SkipFailed":
         failed = {i for i, b in enumerate(record["Backups"]) if b["Status"] != "Copied"}
-        left = remove_created(state, record, lambda i: i in failed, clock)
+        left = remove_created(state, record, lambda i: i in failed, clock, locations)
         status, result = "Skipped", "Warning"
     else:
         failed = set(range(len(record["Backups"])))
+        _reach(record, locations)  # before the copies are unregistered
         for backup in record["Backups"]:
             if backup["Status"] == "Copied":
                 state.delete(COPIES, backup["CopyId"])
-        left = remove_created(state, record, lambda i: True, clock)
+        left = remove_created(state, record, lambda i: True, clock, locations)
         for root in reversed(record.get("CreatedRoots", [])):
             try:
-                os.rmdir(root)
-            except OSError:
+                _remove_root(root, record, locations)
+            except (OSError, BcsError):
                 left.append(root)
+                continue
+            sessions.log(state, record["Id"], clock(), "Removed", root)
         status, result = "Undone", "Failed"
 
     def change(current: Record) -> None:

@@ -2,8 +2,10 @@
 
 The copy engine sees a target only as a :class:`Location`: relative POSIX paths (``rel``) below
 its root, files written sequentially and made durable, atomic no-replace renames. A local
-folder is :class:`LocalLocation`; the ``bcs-smb`` plugin implements the same protocol for
-shared folders.
+folder is :class:`LocalLocation`. Any other kind of path (a shared folder) is reached through a
+:class:`LocationProvider` that a plugin returns from its ``bcs_locations()`` hook; the core
+asks :class:`Locations` for a path and never knows which protocol answers (the ``bcs-smb``
+plugin answers for ``//server/share`` and ``smb://``).
 
 Safety (SPEC §10): every ``rel`` is checked by :func:`split_rel` before it reaches the file
 system, and :class:`LocalLocation` walks each path one component at a time below a descriptor
@@ -16,15 +18,17 @@ reached through links.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from cmdlets.host.errors import BcsError
+from cmdlets.backup.inventory import Credential, is_share_path
+from cmdlets.host.errors import BcsError, ExitStatus, UsageError
 
 DIR_MODE = 0o755
 FILE_MODE = 0o644
@@ -107,6 +111,164 @@ class Location(Protocol):
 
     def list_dir(self, rel: str) -> list[str]:
         """The names in folder ``rel`` (``""`` is the root), sorted."""
+
+
+class CredentialError(BcsError):
+    """A credential's password cannot be read, or is kept where others could read it."""
+
+    exit_status = ExitStatus.USAGE
+    category = "SecurityError"
+    error_id = "CredentialUnusable"
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """A credential of the inventory with its password read, for a provider to connect with.
+
+    The password never leaves this object on its own: it is left out of ``repr`` and
+    :meth:`mask` takes it out of any text (an error of the underlying library) before that
+    text is shown or written anywhere.
+    """
+
+    name: str
+    username: str
+    password: str = dataclasses.field(repr=False)
+
+    def mask(self, text: str) -> str:
+        return text.replace(self.password, "********") if self.password else text
+
+
+def read_login(credential: Credential, environ: Mapping[str, str]) -> Login:
+    """Read the password of ``credential`` from its environment variable or password file.
+
+    A password file must be a regular file that only its owner can read or write (mode 0600
+    or stricter), like an ssh key: a looser one is refused, as it may have been read by others.
+    """
+    where = f"credential '{credential.name}'"
+    if credential.password_env:
+        password = environ.get(credential.password_env)
+        if not password:
+            raise CredentialError(
+                f"{where}: the environment variable {credential.password_env} (its passwordEnv) "
+                "is not set",
+                target=credential.name,
+            )
+        return Login(credential.name, credential.username, password)
+    file = credential.password_file
+    if not file:
+        raise CredentialError(f"{where} has neither passwordEnv nor passwordFile")
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CredentialError(
+            f"{where}: cannot read its passwordFile {file}: {exc.strerror}", target=credential.name
+        ) from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError(
+                f"{where}: its passwordFile {file} is not a regular file", target=credential.name
+            )
+        if st.st_mode & 0o077:
+            raise CredentialError(
+                f"{where}: its passwordFile {file} has mode {stat.S_IMODE(st.st_mode):04o}, "
+                f"readable or writable by others; it must be 0600 or stricter (chmod 600 {file})",
+                target=credential.name,
+                error_id="CredentialFileTooOpen",
+            )
+        raw = f.read(64 * 1024)
+    password = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+    if not password:
+        raise CredentialError(f"{where}: its passwordFile {file} is empty", target=credential.name)
+    return Login(credential.name, credential.username, password)
+
+
+class LocationProvider(Protocol):
+    """What a plugin's ``bcs_locations()`` hook returns: a way to reach one kind of path."""
+
+    name: str
+    """Short and stable, for messages (``smb``)."""
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` is this provider's kind of path (by its form alone, no I/O)."""
+
+    def open(self, path: str, login: Login | None) -> Location:
+        """The folder ``path`` as a Location; the folder itself need not exist yet.
+
+        Reaching the place may fail with OSError (refused, unreachable, wrong password: the
+        message says which and never holds the password); a path of the right kind that is
+        malformed fails with LocationError.
+        """
+
+    def split(self, path: str) -> tuple[str, str]:
+        """``path`` as the topmost folder this provider can open (a share) and the location
+        path of ``path`` below it (``""`` for the top itself), so that the folders leading to
+        a new target can be created, and removed by Undo, one by one."""
+
+
+class Locations:
+    """Reaches a path: a local folder directly, any other path through the provider that
+    handles it. Credentials are named; their passwords are read when a location is opened."""
+
+    def __init__(
+        self,
+        providers: Sequence[LocationProvider],
+        credentials: Sequence[Credential],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.providers = list(providers)
+        self._credentials = {c.name.casefold(): c for c in credentials}
+        self._environ = environ
+        self._opened: dict[tuple[str, str | None], Location] = {}
+
+    def provider(self, path: str) -> LocationProvider | None:
+        return next((p for p in self.providers if p.handles(path)), None)
+
+    def is_local(self, path: str) -> bool:
+        return self.provider(path) is None and not is_share_path(path)
+
+    def require(self, path: str, what: str | None = None) -> LocationProvider:
+        """The provider of a path that is not local, or the error that says what is missing."""
+        provider = self.provider(path)
+        if provider is None:
+            raise UsageError(
+                f"{what or repr(path)} is a shared folder: reaching it needs the bcs-smb plugin "
+                "(plugins/bcs-smb; if it is installed, see Get-Plugin and BCS_LOAD_PLUGINS)",
+                target=path,
+                error_id="PluginRequired",
+            )
+        return provider
+
+    def credential(self, name: str) -> Credential:
+        found = self._credentials.get(name.casefold())
+        if found is None:
+            known = ", ".join(c.name for c in self._credentials.values()) or "none"
+            raise UsageError(
+                f"no credential named '{name}' in the inventory (credentials: {known})",
+                target=name,
+                error_id="CredentialNotFound",
+            )
+        return found
+
+    def login(self, name: str | None) -> Login | None:
+        return None if name is None else read_login(self.credential(name), self._environ)
+
+    def open(self, path: str, credential: str | None = None) -> Location:
+        """The folder ``path`` as a Location (opened once per path and credential)."""
+        key = (path, credential.casefold() if credential else None)
+        if key not in self._opened:
+            if self.is_local(path):
+                self._opened[key] = LocalLocation(Path(path))
+            else:
+                provider = self.require(path)
+                self._opened[key] = provider.open(path, self.login(credential))
+        return self._opened[key]
+
+    def open_top(self, path: str, credential: str | None = None) -> tuple[str, Location, str]:
+        """The topmost folder the provider of ``path`` reaches (its path and location), and
+        the location path of ``path`` below it."""
+        top, rel = self.require(path).split(path)
+        return top, self.open(top, credential), rel
 
 
 def split_rel(rel: str, *, allow_root: bool = False) -> list[str]:

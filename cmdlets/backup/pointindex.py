@@ -10,10 +10,11 @@ point from its index, taking file contents from the archives of the chain.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cmdlets.backup.chain import (
     FULL,
@@ -22,6 +23,9 @@ from cmdlets.backup.chain import (
     format_time,
     parse_time,
 )
+
+if TYPE_CHECKING:
+    from cmdlets.backup.location import Location
 
 INDEX_MEMBER = ".bcs-index.json"
 INDEX_FORMAT_VERSION = 1
@@ -180,11 +184,22 @@ def _integer(item: dict[str, Any], key: str, path: str) -> int:
 
 def read_index(point_file: Path) -> PointIndex:
     """Read only the index (the first tar member) of a restore point file."""
+    return _read_index(lambda: open(point_file, "rb"), point_file.name)
+
+
+def read_index_at(folder: Location, name: str) -> PointIndex:
+    """read_index of the restore point file ``name`` of a backup folder reached through a
+    location (a copy on a shared folder)."""
+    return _read_index(lambda: folder.open_read(name), name)
+
+
+def _read_index(opener: Callable[[], BinaryIO], where: str) -> PointIndex:
     import tarfile
 
-    where = point_file.name
+    from cmdlets.backup.location import LocationError
+
     try:
-        with tarfile.open(point_file, mode="r:") as tar:
+        with opener() as f, tarfile.open(fileobj=f, mode="r:") as tar:
             first = tar.next()
             if first is None or first.name != INDEX_MEMBER or not first.isreg():
                 raise BackupFormatError(f"{where}: the first member is not {INDEX_MEMBER}")
@@ -199,4 +214,6 @@ def read_index(point_file: Path) -> PointIndex:
         raise BackupFormatError(f"{where}: not a readable restore point: {exc}") from exc
     except OSError as exc:
         raise BackupFormatError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+    except LocationError as exc:
+        raise BackupFormatError(f"{where}: {exc.message}") from exc
     return PointIndex.from_bytes(raw, where)

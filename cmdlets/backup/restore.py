@@ -3,7 +3,9 @@
 The index of the chosen point (see ``pointindex``) says what the tree was: every folder,
 symlink, file, mode and mtime. Folders and symlinks are made from it; the content of each file
 is read once, from the newest archive in the chain (the full, then the increments up to the
-point) that holds it, and checked against its SHA-256 as it is written.
+point) that holds it, and checked against its SHA-256 as it is written. The backup is read
+through a location, so a copy on a shared folder restores like a local one: each archive is
+read front to back, skipping only data that is not needed.
 
 Every archive is checked before anything is written: a member with an absolute name, a ``..``
 component, a hard link, a device or any name the index does not list makes the restore refuse.
@@ -20,16 +22,16 @@ import shutil
 import stat
 import tarfile
 from dataclasses import dataclass
-from io import FileIO
 from pathlib import Path
+from typing import Protocol, cast
 
 from cmdlets.backup.chain import (
     FULL,
     BackupFormatError,
     BackupMetadata,
     RestorePointInfo,
-    read_metadata,
 )
+from cmdlets.backup.location import Location, LocationError
 from cmdlets.backup.pointindex import (
     DIR,
     FILE,
@@ -38,7 +40,7 @@ from cmdlets.backup.pointindex import (
     Entry,
     PointIndex,
     check_path,
-    read_index,
+    read_index_at,
 )
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError
 
@@ -61,10 +63,25 @@ class _Content:
     offset: int
 
 
+class _Archive(Protocol):
+    """What restoring needs of an open restore point file (a file, or one on a share)."""
+
+    def readinto(self, buffer: memoryview) -> int | None: ...
+
+    def seek(self, offset: int, whence: int = 0) -> int: ...
+
+
 def restore_point(
-    backup_dir: Path, destination: Path, point: int | None = None, *, force: bool = False
+    backup_dir: Path | Location,
+    destination: Path,
+    point: int | None = None,
+    *,
+    force: bool = False,
 ) -> RestorePointInfo:
     """Restore a restore point of the backup in ``backup_dir`` into ``destination``.
+
+    ``backup_dir`` is a local folder, or a backup folder reached through a location (a copy
+    on a shared folder).
 
     ``point`` is an index into the chain (0 the oldest, negative from the newest; None the
     newest; see chain.select_point to turn a user's ``-RestorePoint`` into one). The full the
@@ -80,14 +97,16 @@ def restore_point(
     InvalidOperationError (destination not empty or not a folder), RestoreError (writing
     failed part way).
     """
-    meta = read_metadata(backup_dir)
+    from cmdlets.backup.verify import open_backup
+
+    meta, folder = open_backup(backup_dir)
     target = _point(meta, point)
     chain = _chain_up_to(meta, target)
-    indexes = [read_index(backup_dir / p.file) for p in chain]
+    indexes = [read_index_at(folder, p.file) for p in chain]
     _check_chain(chain, indexes)
     wanted = _contents(chain, indexes)
     plans = [
-        _check_archive(backup_dir / info.file, info, indexes[position], wanted[position])
+        _check_archive(folder, info, indexes[position], wanted[position])
         for position, info in enumerate(chain)
     ]
     _prepare_destination(destination, force)
@@ -95,7 +114,7 @@ def restore_point(
     try:
         _make_tree(destination, final, force)
         for info, plan in zip(chain, plans, strict=True):
-            _write_files(backup_dir / info.file, destination, plan, force)
+            _write_files(folder, info.file, destination, plan, force)
         _finish_folders(destination, final)
     except OSError as exc:
         where = exc.filename or destination
@@ -171,20 +190,22 @@ def _contents(chain: list[RestorePointInfo], indexes: list[PointIndex]) -> list[
 
 
 def _check_archive(
-    point_file: Path, info: RestorePointInfo, index: PointIndex, wanted: dict[str, Entry]
+    folder: Location, info: RestorePointInfo, index: PointIndex, wanted: dict[str, Entry]
 ) -> list[_Content]:
     """Check every member of one archive; return where the wanted files' data is, in archive
     order so that reading the point file stays sequential."""
-    name = point_file.name
+    name = info.file
     found: dict[str, int] = {}
     try:
         # A cheap first check; the content is checked file by file as it is restored.
-        size = os.stat(point_file).st_size
+        size = folder.size(name)
+        if size is None:
+            raise FileNotFoundError(name)
         if size != info.size:
             raise BackupFormatError(
                 f"{name}: {size} bytes, the metadata records {info.size} (truncated or damaged)"
             )
-        with tarfile.open(point_file, mode="r:") as tar:
+        with folder.open_read(name) as f, tarfile.open(fileobj=f, mode="r:") as tar:
             first = tar.next()
             if first is None or first.name != INDEX_MEMBER:
                 raise BackupFormatError(f"{name}: the first member is not {INDEX_MEMBER}")
@@ -198,6 +219,8 @@ def _check_archive(
         raise BackupFormatError(f"{name}: not a readable restore point: {exc}") from exc
     except OSError as exc:
         raise BackupFormatError(f"{name}: cannot read: {exc.strerror or exc}") from exc
+    except LocationError as exc:
+        raise BackupFormatError(f"{name}: {exc.message}") from exc
     missing = [p for p in wanted if p not in found]
     if missing:
         raise BackupFormatError(f"{name}: the data of {missing[0]!r} is missing from the archive")
@@ -271,19 +294,25 @@ def _make_tree(destination: Path, final: PointIndex, force: bool) -> None:
 
 
 def _write_files(
-    point_file: Path, destination: Path, contents: list[_Content], force: bool
+    folder: Location, name: str, destination: Path, contents: list[_Content], force: bool
 ) -> None:
     if not contents:
         return
     buffer = memoryview(bytearray(CHUNK))
-    with open(point_file, "rb", buffering=0) as archive:
+    try:
+        reader = folder.open_read(name)
+    except LocationError as exc:
+        raise BackupFormatError(f"{name}: {exc.message}") from exc
+    with reader:
+        # Every Location's reader is a binary file with readinto; BinaryIO does not say so.
+        archive = cast(_Archive, reader)
         for content in contents:
             archive.seek(content.offset)
-            _write_file(archive, point_file.name, destination, content, buffer, force)
+            _write_file(archive, name, destination, content, buffer, force)
 
 
 def _write_file(
-    archive: FileIO,
+    archive: _Archive,
     archive_name: str,
     destination: Path,
     content: _Content,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
@@ -30,6 +29,8 @@ Record = dict[str, Any]
 
 
 def new_id() -> str:
+    import uuid  # with the platform module it pulls in, a few ms of every cmdlet's start-up
+
     return str(uuid.uuid4())
 
 

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
+import io
 from pathlib import Path
+from typing import cast
 
-from cmdlets.backup.chain import FULL, INCREMENT, RestorePointInfo, read_metadata
-from cmdlets.backup.pointindex import read_index
+from cmdlets.backup.chain import (
+    FULL,
+    INCREMENT,
+    BackupMetadata,
+    RestorePointInfo,
+    read_location_metadata,
+    read_metadata,
+)
+from cmdlets.backup.location import LocalLocation, Location, LocationError
+from cmdlets.backup.pointindex import read_index_at
 from cmdlets.host.errors import BcsError
 
 
-def verify_backup(backup_dir: Path) -> list[str]:
-    """Every problem of the backup in ``backup_dir``; an empty list means it is sound.
+def verify_backup(backup: Path | Location) -> list[str]:
+    """Every problem of the backup in ``backup`` (a local folder, or a backup folder reached
+    through a location: a copy on a shared folder); an empty list means it is sound.
 
     Checks that the metadata is readable, that the chain starts with a full (``.vbk``), and
     for each restore point file: that it exists, has the recorded size (a smaller one is
@@ -23,7 +32,7 @@ def verify_backup(backup_dir: Path) -> list[str]:
     an interrupted run) are not part of the backup and are not checked.
     """
     try:
-        meta = read_metadata(backup_dir)
+        meta, folder = open_backup(backup)
     except BcsError as exc:
         return [exc.message]
     problems: list[str] = []
@@ -33,33 +42,44 @@ def verify_backup(backup_dir: Path) -> list[str]:
             f"{points[0].file}: the chain starts with an increment; it needs a full (.vbk) first"
         )
     for point in points:
-        problem = check_point_file(backup_dir / point.file, point)
+        problem = check_point_file(folder, point)
         if problem is None:
-            problem = _check_index(backup_dir, point, points)
+            problem = _check_index(folder, point, points)
         if problem is not None:
             problems.append(problem)
     return problems
 
 
-def check_point_file(path: Path, point: RestorePointInfo) -> str | None:
+def open_backup(backup: Path | Location) -> tuple[BackupMetadata, Location]:
+    """The metadata of a backup folder and the folder as a location to read its files from."""
+    if isinstance(backup, Path):
+        # A local folder's metadata is read by path: its errors name the folder as it is.
+        return read_metadata(backup), LocalLocation(backup)
+    return read_location_metadata(backup), backup
+
+
+def check_point_file(folder: Location, point: RestorePointInfo) -> str | None:
     """The problem with one restore point file's size or checksum, or None."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return f"{point.file}: missing"
-    except OSError as exc:
-        return f"{point.file}: cannot read: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
+        size = folder.size(point.file)
+    except LocationError:
         return f"{point.file}: not a regular file"
-    if st.st_size != point.size:
-        # No need to hash: the size alone proves the content is not what was written.
-        how = "truncated" if st.st_size < point.size else "longer than written"
-        return f"{point.file}: {how}: {st.st_size} bytes, the metadata records {point.size}"
-    try:
-        with path.open("rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as exc:
-        return f"{point.file}: cannot read: {exc.strerror}"
+        return f"{point.file}: cannot read: {exc.strerror or exc}"
+    if size is None:
+        return f"{point.file}: missing"
+    if size != point.size:
+        # No need to hash: the size alone proves the content is not what was written.
+        how = "truncated" if size < point.size else "longer than written"
+        return f"{point.file}: {how}: {size} bytes, the metadata records {point.size}"
+    try:
+        with folder.open_read(point.file) as f:
+            # Every Location's reader has readinto, which BinaryIO does not promise.
+            actual = hashlib.file_digest(cast(io.BufferedReader, f), "sha256").hexdigest()
+    except LocationError:
+        return f"{point.file}: not a regular file"
+    except OSError as exc:
+        return f"{point.file}: cannot read: {exc.strerror or exc}"
     if actual != point.sha256:
         return (
             f"{point.file}: checksum mismatch (content damaged): SHA-256 {actual}, "
@@ -69,10 +89,10 @@ def check_point_file(path: Path, point: RestorePointInfo) -> str | None:
 
 
 def _check_index(
-    backup_dir: Path, point: RestorePointInfo, points: tuple[RestorePointInfo, ...]
+    folder: Location, point: RestorePointInfo, points: tuple[RestorePointInfo, ...]
 ) -> str | None:
     try:
-        index = read_index(backup_dir / point.file)
+        index = read_index_at(folder, point.file)
     except BcsError as exc:
         return exc.message
     if index.kind != point.kind:

@@ -10,13 +10,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from cmdlets.host.errors import BcsError
 
 
-def spawn(state_dir: Path, session_id: str, lock_fd: int) -> int:
+def spawn(
+    state_dir: Path, session_id: str, lock_fd: int, environ: Mapping[str, str] | None = None
+) -> int:
     """Start a worker that inherits the locked descriptor; returns its pid.
+
+    The worker gets ``environ``, the environment of the command that starts it: the same
+    plugins load (BCS_LOAD_PLUGINS) and the same passwords are found (a credential's
+    passwordEnv), whichever process runs the copy.
 
     The worker is detached by a double fork: the process started here forks the worker, says
     its pid and exits at once, so the worker is nobody's child (no zombie in a long-lived
@@ -39,6 +46,7 @@ def spawn(state_dir: Path, session_id: str, lock_fd: int) -> int:
             stderr=err,
             pass_fds=(lock_fd,),
             start_new_session=True,  # not killed with the terminal that started it
+            env=dict(environ) if environ is not None else None,
             check=False,
         )
     if done.returncode != 0 or not done.stdout.strip().isdigit():
@@ -51,6 +59,8 @@ def main(argv: list[str]) -> int:
 
     from cmdlets.backup import copying, sessions
     from cmdlets.backup.inventory import load_inventory
+    from cmdlets.backup.location import Locations
+    from cmdlets.host.plugins import load
     from cmdlets.store import StateDir
 
     state_dir, session_id, lock_fd = Path(argv[0]), argv[1], int(argv[2])
@@ -64,7 +74,10 @@ def main(argv: list[str]) -> int:
         if record is None:
             raise BcsError(f"copy session {session_id} has no record")
         inventory = load_inventory(Path(record["Inventory"]), cache_dir=state.directory("cache"))
-        copying.run(state, inventory, session_id, clock)
+        # The target may be a shared folder: the plugins reach it, as in the starting command.
+        registry, _ = load(os.environ, _warn)
+        locations = Locations(registry.locations, inventory.credentials, os.environ)
+        copying.run(state, inventory, session_id, clock, locations=locations)
     except BcsError as exc:
         sessions.log(state, session_id, clock(), "WorkerFailed", exc.message)
         sys.stderr.write(f"copy worker: {exc.message}\n")
@@ -72,6 +85,10 @@ def main(argv: list[str]) -> int:
     finally:
         os.close(lock_fd)
     return 0
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"WARNING: {message}\n")
 
 
 def detach(argv: list[str]) -> int:

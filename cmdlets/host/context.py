@@ -19,6 +19,7 @@ from cmdlets.host.errors import BcsError, UsageError
 
 if TYPE_CHECKING:
     from cmdlets.backup.inventory import Inventory
+    from cmdlets.backup.location import Locations
     from cmdlets.host.registry import Registry
     from cmdlets.store import StateDir
 
@@ -118,6 +119,13 @@ class Context:
         from cmdlets.backup.inventory import load_inventory
 
         return load_inventory(self.inventory_path, cache_dir=self.state.directory("cache"))
+
+    @cached_property
+    def locations(self) -> Locations:
+        """Reaches target and copy paths: local folders, and what plugins provide."""
+        from cmdlets.backup.location import Locations
+
+        return Locations(self.registry.locations, self.inventory.credentials, self.env.environ)
 
     @cached_property
     def state(self) -> StateDir:

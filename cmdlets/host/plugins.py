@@ -1,8 +1,10 @@
 """Plugins: distributions that declare an entry point in the group ``bcs.plugins``.
 
-The entry point names a module (or object) with a hook ``bcs_cmdlets() -> Iterable[Cmdlet]``;
-optional hooks are listed in :data:`OPTIONAL_HOOKS`. The built-in cmdlets register through
-the very same path (``backup-copy-shell`` declares ``builtin = cmdlets.builtin``).
+The entry point names a module (or object) with at least one of the hooks in :data:`HOOKS`:
+``bcs_cmdlets() -> Iterable[Cmdlet]`` adds cmdlets, ``bcs_locations() ->
+Iterable[LocationProvider]`` adds a way to reach another kind of path (a shared folder; see
+``cmdlets.backup.location``). The built-in cmdlets register through the very same path
+(``backup-copy-shell`` declares ``builtin = cmdlets.builtin``).
 ``BCS_LOAD_PLUGINS`` (comma list of entry-point names; empty loads none) chooses which outside
 plugins load. A plugin that fails to load or has a malformed hook is reported by name in a
 warning and skipped; it never stops the command.
@@ -26,8 +28,11 @@ from cmdlets.host.registry import Cmdlet, Registry
 
 GROUP = "bcs.plugins"
 CORE_DISTRIBUTION = "backup_copy_shell"
-REQUIRED_HOOK = "bcs_cmdlets"
-OPTIONAL_HOOKS = ("bcs_locations",)
+CMDLETS_HOOK = "bcs_cmdlets"
+LOCATIONS_HOOK = "bcs_locations"
+HOOKS = (CMDLETS_HOOK, LOCATIONS_HOOK)
+# What a location provider must have, checked when its plugin loads (see check_provider).
+PROVIDER_METHODS = ("handles", "open", "split")
 
 
 @dataclasses.dataclass
@@ -47,6 +52,7 @@ class PluginInfo:
     entry_point: EntryPoint
     module: Any = None
     cmdlets: list[str] = dataclasses.field(default_factory=list)
+    locations: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
     enabled: bool = False
     loaded: bool = False
@@ -108,15 +114,15 @@ def _resolve(value: str) -> Any:
     return obj
 
 
-def check_hooks(plugin: Any) -> Callable[[], Iterable[Cmdlet]]:
+def check_hooks(plugin: Any) -> dict[str, Callable[[], Iterable[Any]]]:
     """Reject a plugin whose hooks have the wrong shape now, not when they are called."""
-    hook = getattr(plugin, REQUIRED_HOOK, None)
-    if not callable(hook):
-        raise TypeError(f"it has no {REQUIRED_HOOK}() hook")
-    for name in (REQUIRED_HOOK, *OPTIONAL_HOOKS):
+    hooks: dict[str, Callable[[], Iterable[Any]]] = {}
+    for name in HOOKS:
         function = getattr(plugin, name, None)
         if function is None:
             continue
+        if not callable(function):
+            raise TypeError(f"its {name} is not a function")
         required = [
             p
             for p in inspect.signature(function).parameters.values()
@@ -125,7 +131,21 @@ def check_hooks(plugin: Any) -> Callable[[], Iterable[Cmdlet]]:
         ]
         if required:
             raise TypeError(f"hook {name}() must take no arguments, it takes {required[0].name}")
-    return hook  # type: ignore[no-any-return]
+        hooks[name] = function
+    if not hooks:
+        raise TypeError(f"it has none of the hooks {', '.join(h + '()' for h in HOOKS)}")
+    return hooks
+
+
+def check_provider(item: Any) -> str:
+    """The name of a location provider, or TypeError if it lacks part of the protocol."""
+    name = getattr(item, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{LOCATIONS_HOOK}() returned {item!r}, which has no name")
+    for method in PROVIDER_METHODS:
+        if not callable(getattr(item, method, None)):
+            raise TypeError(f"location provider '{name}' has no {method}() method")
+    return name
 
 
 def load(
@@ -144,16 +164,21 @@ def load(
         info.enabled = True
         try:
             info.module = _resolve(ep.value)
-            items = list(check_hooks(info.module)())
+            hooks = check_hooks(info.module)
+            items = list(hooks[CMDLETS_HOOK]()) if CMDLETS_HOOK in hooks else []
             for item in items:
                 if not isinstance(item, Cmdlet):
-                    raise TypeError(f"{REQUIRED_HOOK}() returned {item!r}, not a Cmdlet")
+                    raise TypeError(f"{CMDLETS_HOOK}() returned {item!r}, not a Cmdlet")
+            providers = list(hooks[LOCATIONS_HOOK]()) if LOCATIONS_HOOK in hooks else []
+            names = [check_provider(p) for p in providers]
             for item in items:
                 try:
                     registry.add(item, ep.name)
                     info.cmdlets.append(item.name)
                 except ValueError as exc:
                     warn(f"plugin '{ep.name}': {exc}; its {item.name} is ignored")
+            registry.locations.extend(providers)
+            info.locations.extend(names)
             info.loaded = True
         except Exception as exc:  # noqa: BLE001 - any failure of outside code is reported, not fatal
             info.error = f"{type(exc).__name__}: {exc}"

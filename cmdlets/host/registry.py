@@ -182,6 +182,9 @@ class Registry:
         self._cmdlets: dict[str, Cmdlet] = {}
         # What plugin loading found (cmdlets.host.plugins.PluginInfo), for Get-Plugin.
         self.plugins: list[Any] = []
+        # Location providers of the loaded plugins (cmdlets.backup.location.LocationProvider),
+        # in load order: the first that handles a path reaches it.
+        self.locations: list[Any] = []
 
     def add(self, item: Cmdlet, plugin: str) -> None:
         key = item.name.lower()
