@@ -106,10 +106,17 @@ def bench_copy_chain(work: Path, repeat: int) -> None:
     )
 
 
+def bench_smb_share(work: Path, repeat: int) -> None:
+    from smb_bench import bench_smb
+
+    bench_smb(work, max(3, repeat // 4))
+
+
 SECTIONS: dict[str, Callable[[Path, int], None]] = {
     "cold-start": bench_cold_start,
     "copy": bench_copy_chain,
     "shell": bench_shell_startup,
+    "smb": bench_smb_share,
 }
 
 

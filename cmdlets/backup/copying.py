@@ -85,8 +85,6 @@ def choose_target(
 ) -> dict[str, Any]:
     """The target of a session: ``{"Kind", "Repository", "Extent", "Path"}``, and for a
     shared folder (``Kind`` Share) the name of the ``Credential`` that reaches it."""
-    from cmdlets.repository import free_bytes
-
     locations = locations or local_only(inventory)
     if (repository is None) == (path is None):
         raise UsageError("give either -Repository NAME or -Path FOLDER", error_id="TargetMissing")
@@ -114,13 +112,9 @@ def choose_target(
                     error_id="SameScaleOutRepository",
                 )
         if repo.extents:
-            usable = [e for e in repo.extents if not e.maintenance]
-            if not usable:
-                raise InvalidOperationError(
-                    f"every extent of scale-out repository '{repo.name}' is in maintenance",
-                    target=repo.name,
-                )
-            best = max(usable, key=lambda e: free_bytes(e.path) or 0)
+            from cmdlets.backup.runs import roomiest_extent
+
+            best = roomiest_extent(repo)
             return {
                 "Kind": "Repository",
                 "Repository": repo.name,

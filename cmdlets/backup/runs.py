@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from cmdlets.backup import jobs
 from cmdlets.backup.chain import BackupMetadata, RestorePointInfo, backup_folder, read_metadata
-from cmdlets.backup.inventory import Inventory, Job, Repository, is_share_path
+from cmdlets.backup.inventory import Extent, Inventory, Job, Repository, is_share_path
 from cmdlets.host.errors import BcsError, BusyError, InvalidOperationError, NotFoundError
 
 if TYPE_CHECKING:
@@ -18,8 +18,6 @@ RUNS = "jobrun"  # lock kind: held while a job writes a restore point or a copy 
 
 def chain_home(inventory: Inventory, repo: Repository, job_name: str) -> tuple[str | None, Path]:
     """(extent, repository folder) where the job's chain lives or will live."""
-    from cmdlets.repository import free_bytes
-
     if not repo.extents:
         if repo.path is None or is_share_path(repo.path):
             raise InvalidOperationError(
@@ -37,14 +35,22 @@ def chain_home(inventory: Inventory, repo: Repository, job_name: str) -> tuple[s
                     target=extent.name,
                 )
             return extent.name, Path(extent.path)
+    best = roomiest_extent(repo)
+    return best.name, Path(best.path)
+
+
+def roomiest_extent(repo: Repository) -> Extent:
+    """Where a new chain goes on a scale-out repository: the extent with the most free space
+    that is not in maintenance (for backup jobs and copies alike)."""
+    from cmdlets.repository import free_bytes
+
     usable = [e for e in repo.extents if not e.maintenance]
     if not usable:
         raise InvalidOperationError(
             f"every extent of scale-out repository '{repo.name}' is in maintenance",
             target=repo.name,
         )
-    best = max(usable, key=lambda e: free_bytes(e.path) or 0)
-    return best.name, Path(best.path)
+    return max(usable, key=lambda e: free_bytes(e.path) or 0)
 
 
 def run_job(ctx: Context, job: Job, *, full: bool) -> tuple[BackupMetadata, RestorePointInfo]:
