@@ -336,6 +336,7 @@ def test_crash_campaign(big_chain, bcs, workdir, tmp_path):
     """SIGKILL the async worker at random moments; Retry always finishes a verified copy."""
     rng = random.Random(3)
     source = workdir / "repo/main/Daily SQL"
+    interrupted = 0
     for run in range(10):
         folder = f"copy{run}"
         started = bcs(
@@ -343,18 +344,27 @@ def test_crash_campaign(big_chain, bcs, workdir, tmp_path):
         )
         assert started.status == 0, started.stderr
         (working,) = started.objects
-        time.sleep(rng.uniform(0.0, 0.6))
+        # Once the worker has begun writing, at a random moment: before its first file is
+        # whole, between files, in the metadata, or after the end.
+        copy = workdir / "copies" / folder
+        wait_for(
+            lambda c=copy, w=working: (
+                (c.exists() and any(c.iterdir())) or session(bcs, w["Id"])["State"] == "Stopped"
+            ),
+            "the worker to begin",
+        )
+        time.sleep(rng.uniform(0.0, 0.3))
         with contextlib.suppress(ProcessLookupError):  # it may have finished already
             os.kill(working["ProcessId"], signal.SIGKILL)
         (seen,) = bcs("Wait-CopySession", working["Id"], "-Timeout", "60s").objects
         if seen["State"] == "ActionRequired":
+            interrupted += 1
             assert "interrupted" in seen["Reason"] or "ended" in seen["Reason"]
             assert job(bcs, "Daily SQL")["Enabled"] is False
             retried = bcs("Resume-CopySession", working["Id"], "-Action", "Retry")
             assert retried.status == 0, retried.stderr
         (done,) = bcs("Get-CopySession", working["Id"]).objects
         assert (done["State"], done["Result"]) == ("Stopped", "Success"), done
-        copy = workdir / "copies" / folder
         assert bcs("Test-Backup", done["Backups"][0]["CopyId"]).status == 0
         expected = {k: v for k, v in files_of(source).items() if not k.endswith(".vbm")}
         got = {k: v for k, v in files_of(copy).items() if not k.endswith(".vbm")}
@@ -362,6 +372,7 @@ def test_crash_campaign(big_chain, bcs, workdir, tmp_path):
         assert not [p.name for p in copy.iterdir() if p.name.startswith(".")]
         assert job(bcs, "Daily SQL")["Enabled"] is True
         assert job(bcs, "Daily SQL")["HeldBy"] == []
+    assert interrupted > 0, "no worker was killed mid-copy: the campaign tested nothing"
 
 
 def test_target_full_mid_copy_then_undo_leaves_it_as_it_was(backups, bcs, mount_tmpfs):
@@ -418,3 +429,19 @@ def test_get_copy_session_filters(backups, bcs):
     assert len(bcs("Get-CopySession", "-Last", "24h").objects) == 2
     assert bcs("Get-CopySession", "-Last", "0s").objects == []
     assert bcs("Get-CopySession", "-State", "Sleeping").status == 2
+
+
+def test_a_finished_session_holds_nothing_even_if_its_process_died_before_releasing(backups, bcs):
+    """A worker killed between marking its session finished and releasing the holds leaves
+    hold entries behind; they hold nothing, and the job is as it was before the copy."""
+    failed, vib, original = failed_session(backups, bcs)
+    vib.write_bytes(original)
+    bcs("Disable-BackupJob", "Weekly Files")  # the administrator decided while it was held
+    record_path = backups / ".bcs" / "sessions" / f"{failed['Id']}.json"
+    record = json.loads(record_path.read_text())
+    record.update(State="Stopped", Result="Success")  # as the dying worker left it
+    record_path.write_text(json.dumps(record))
+    daily, weekly = job(bcs, "Daily SQL"), job(bcs, "Weekly Files")
+    assert daily["HeldBy"] == [] and daily["Enabled"] is True
+    assert weekly["HeldBy"] == [] and weekly["Enabled"] is False
+    assert bcs("Start-BackupJob", "Daily SQL").status == 0

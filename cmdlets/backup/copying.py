@@ -623,6 +623,10 @@ def _write_copy_metadata(
     rel = f"{backup['Folder']}/{vbm.name}"
     temp = partial_name(rel)
     _remember(state, session_id, index, [("File", temp), ("File", rel)])
+    if _same_content(location, rel, payload):
+        # A crash after the rename, before the backup was marked copied: it is this
+        # session's own metadata (it names the copy's id), so Retry adopts it.
+        return 0, data
     out = location.open_write(temp, 0)
     try:
         out.write(payload)
@@ -632,6 +636,13 @@ def _write_copy_metadata(
     location.rename(temp, rel)
     location.sync_dir(backup["Folder"])
     return len(payload), data
+
+
+def _same_content(location: Location, rel: str, payload: bytes) -> bool:
+    if location.size(rel) != len(payload):
+        return False
+    with location.open_read(rel) as f:
+        return bool(f.read(len(payload) + 1) == payload)
 
 
 def _register(
@@ -739,9 +750,10 @@ def _os_message(exc: OSError) -> str:
 def _conclude(
     state: StateDir, inventory: Inventory, session_id: str, clock: Clock, written: int
 ) -> Record:
+    from cmdlets.backup.copyengine import STOPPED
+
     record = sessions.read(state, session_id) or {}
     failed = [b for b in record["Backups"] if b["Status"] == "Failed"]
-    from cmdlets.backup.copyengine import STOPPED
 
     # Stop-CopySession, or Ctrl-C in the process that copies.
     stopped = bool(record.get("StopRequested")) or (
@@ -775,6 +787,8 @@ def _conclude(
 
     record = sessions.update(state, session_id, change)
     if record["State"] == "Stopped":
+        # After the session is marked finished: a crash in between leaves holds of a finished
+        # session, which jobs.read_state no longer counts (see there).
         release_holds(state, inventory, record, clock)
         sessions.log(state, session_id, clock(), "SessionFinished", "every backup copied")
     else:
@@ -900,6 +914,6 @@ def _finalize(
             current["Reason"] = "left in place (not empty or not removable): " + ", ".join(left)
 
     record = sessions.update(state, session_id, change)
-    release_holds(state, inventory, record, clock)
+    release_holds(state, inventory, record, clock)  # after: see _conclude
     sessions.log(state, session_id, clock(), "SessionFinished", f"finalized with {action}")
     return record

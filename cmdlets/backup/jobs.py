@@ -8,6 +8,7 @@ any session holds a job, the job stays disabled and cannot be enabled without ``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,12 +28,34 @@ class JobState:
     revision: int = 0
 
 
-def state_of(job: Job, record: dict[str, Any] | None) -> JobState:
+def _never(session_id: str) -> bool:
+    return False
+
+
+def finished_sessions(state: StateDir) -> Callable[[str], bool]:
+    """Whether a session is finalized: a process that died between finishing a session and
+    releasing its holds leaves holds that no longer hold anything."""
+    from cmdlets.backup.sessions import KIND as SESSIONS
+
+    def finished(session_id: str) -> bool:
+        return bool((state.read(SESSIONS, session_id) or {}).get("State", "Stopped") == "Stopped")
+
+    return finished
+
+
+def state_of(
+    job: Job, record: dict[str, Any] | None, finished: Callable[[str], bool] = _never
+) -> JobState:
     if record is None:
         return JobState(enabled=job.enabled)
+    recorded = tuple(record.get("HeldBy") or ())
+    held_by = tuple(s for s in recorded if not finished(s))
+    enabled = bool(record.get("Enabled", job.enabled))
+    if recorded and not held_by:
+        enabled = bool(record.get("EnabledBeforeHold", enabled))
     return JobState(
-        enabled=bool(record.get("Enabled", job.enabled)),
-        held_by=tuple(record.get("HeldBy") or ()),
+        enabled=enabled,
+        held_by=held_by,
         last_run=record.get("LastRun"),
         last_result=record.get("LastResult"),
         revision=int(record.get("Revision", 0)),
@@ -40,7 +63,7 @@ def state_of(job: Job, record: dict[str, Any] | None) -> JobState:
 
 
 def read_state(state: StateDir, job: Job) -> JobState:
-    return state_of(job, state.read(KIND, job.name))
+    return state_of(job, state.read(KIND, job.name), finished_sessions(state))
 
 
 def find_job(inventory: Inventory, name: str) -> Job:
@@ -53,8 +76,10 @@ def find_job(inventory: Inventory, name: str) -> Job:
     return job
 
 
-def _base(job: Job, record: dict[str, Any] | None) -> dict[str, Any]:
-    current = state_of(job, record)
+def _base(
+    job: Job, record: dict[str, Any] | None, finished: Callable[[str], bool]
+) -> dict[str, Any]:
+    current = state_of(job, record, finished)
     base = dict(record or {})
     base.update(Name=job.name, Enabled=current.enabled, HeldBy=list(current.held_by))
     base["Revision"] = current.revision + 1
@@ -66,8 +91,10 @@ def set_enabled(
 ) -> JobState:
     """Enable or disable ``job``. Enabling a job held by copy sessions needs ``force``."""
 
+    finished = finished_sessions(state)
+
     def change(record: dict[str, Any] | None) -> dict[str, Any]:
-        current = state_of(job, record)
+        current = state_of(job, record, finished)
         if enabled and current.held_by and not force:
             sessions = ", ".join(current.held_by)
             raise InvalidOperationError(
@@ -76,7 +103,7 @@ def set_enabled(
                 target=job.name,
                 error_id="JobHeldByCopySession",
             )
-        new = _base(job, record)
+        new = _base(job, record, finished)
         new["Enabled"] = enabled
         if current.held_by:
             # The administrator decided while copies hold the job: that is the state the job
@@ -85,16 +112,18 @@ def set_enabled(
         new["ChangeTime"] = now.isoformat()
         return new
 
-    return state_of(job, state.update(KIND, job.name, change))
+    return state_of(job, state.update(KIND, job.name, change), finished)
 
 
 def add_hold(state: StateDir, job: Job, session_id: str, now: datetime) -> JobState:
     """Disable ``job`` on behalf of a copy session. The first hold remembers whether the job
     was enabled, so that the last release can put it back as it was."""
 
+    finished = finished_sessions(state)
+
     def change(record: dict[str, Any] | None) -> dict[str, Any]:
-        current = state_of(job, record)
-        new = _base(job, record)
+        current = state_of(job, record, finished)
+        new = _base(job, record, finished)
         if not current.held_by:
             new["EnabledBeforeHold"] = current.enabled
         new["HeldBy"] = (
@@ -106,34 +135,38 @@ def add_hold(state: StateDir, job: Job, session_id: str, now: datetime) -> JobSt
         new["ChangeTime"] = now.isoformat()
         return new
 
-    return state_of(job, state.update(KIND, job.name, change))
+    return state_of(job, state.update(KIND, job.name, change), finished)
 
 
 def release_hold(state: StateDir, job: Job, session_id: str, now: datetime) -> JobState:
     """Drop a session's hold. The job is enabled again only when no session holds it any more
     and it was enabled before the first hold (and nobody enabled it by force meanwhile)."""
 
+    finished = finished_sessions(state)
+
     def change(record: dict[str, Any] | None) -> dict[str, Any]:
-        current = state_of(job, record)
-        new = _base(job, record)
+        current = state_of(job, record, finished)
+        new = _base(job, record, finished)
         remaining = [s for s in current.held_by if s != session_id]
         new["HeldBy"] = remaining
-        if not remaining and current.held_by:
+        if not remaining and (record or {}).get("HeldBy"):
             new["Enabled"] = bool((record or {}).get("EnabledBeforeHold", current.enabled))
             new.pop("EnabledBeforeHold", None)
         new["ChangeTime"] = now.isoformat()
         return new
 
-    return state_of(job, state.update(KIND, job.name, change))
+    return state_of(job, state.update(KIND, job.name, change), finished)
 
 
 def record_run(state: StateDir, job: Job, now: datetime, result: str) -> JobState:
+    finished = finished_sessions(state)
+
     def change(record: dict[str, Any] | None) -> dict[str, Any]:
-        new = _base(job, record)
+        new = _base(job, record, finished)
         new.update(LastRun=now.isoformat(), LastResult=result)
         return new
 
-    return state_of(job, state.update(KIND, job.name, change))
+    return state_of(job, state.update(KIND, job.name, change), finished)
 
 
 def job_object(job: Job, current: JobState) -> dict[str, Any]:
