@@ -208,12 +208,22 @@ def _read_index(opener: Callable[[], BinaryIO], where: str) -> PointIndex:
             reader = tar.extractfile(first)
             assert reader is not None  # a regular member always has a reader
             raw = reader.read()
-    except FileNotFoundError as exc:
-        raise BackupFormatError(f"{where}: restore point file is missing") from exc
-    except (tarfile.TarError, EOFError) as exc:
-        raise BackupFormatError(f"{where}: not a readable restore point: {exc}") from exc
-    except OSError as exc:
-        raise BackupFormatError(f"{where}: cannot read: {exc.strerror or exc}") from exc
-    except LocationError as exc:
-        raise BackupFormatError(f"{where}: {exc.message}") from exc
+    except (OSError, EOFError, tarfile.TarError, LocationError) as exc:
+        raise reading_failed(where, exc) from exc
     return PointIndex.from_bytes(raw, where)
+
+
+def reading_failed(where: str, exc: BaseException) -> BackupFormatError:
+    """The error that says why a restore point file could not be read."""
+    import tarfile
+
+    from cmdlets.backup.location import LocationError
+
+    if isinstance(exc, FileNotFoundError):
+        return BackupFormatError(f"{where}: restore point file is missing")
+    if isinstance(exc, (tarfile.TarError, EOFError)):
+        return BackupFormatError(f"{where}: not a readable restore point: {exc}")
+    if isinstance(exc, LocationError):
+        return BackupFormatError(f"{where}: {exc.message}")
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return BackupFormatError(f"{where}: cannot read: {detail}")

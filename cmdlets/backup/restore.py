@@ -41,6 +41,7 @@ from cmdlets.backup.pointindex import (
     PointIndex,
     check_path,
     read_index_at,
+    reading_failed,
 )
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError
 
@@ -213,14 +214,8 @@ def _check_archive(
                 entry = _checked_member(name, member, index)
                 if entry.type == FILE and member.name in wanted:
                     found[member.name] = member.offset_data
-    except FileNotFoundError as exc:
-        raise BackupFormatError(f"{name}: restore point file is missing") from exc
-    except (tarfile.TarError, EOFError) as exc:
-        raise BackupFormatError(f"{name}: not a readable restore point: {exc}") from exc
-    except OSError as exc:
-        raise BackupFormatError(f"{name}: cannot read: {exc.strerror or exc}") from exc
-    except LocationError as exc:
-        raise BackupFormatError(f"{name}: {exc.message}") from exc
+    except (OSError, EOFError, tarfile.TarError, LocationError) as exc:
+        raise reading_failed(name, exc) from exc
     missing = [p for p in wanted if p not in found]
     if missing:
         raise BackupFormatError(f"{name}: the data of {missing[0]!r} is missing from the archive")
