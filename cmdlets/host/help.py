@@ -19,15 +19,8 @@ def split_doc(item: Cmdlet) -> tuple[str, str, str]:
     """(synopsis, description, examples) from the docstring; examples follow ``Examples:``."""
     text = item.help_text
     synopsis, _, rest = text.partition("\n")
-    description, _, examples = _partition_examples(rest)
-    return synopsis.strip(), description.strip(), examples.strip("\n")
-
-
-def _partition_examples(rest: str) -> tuple[str, str, str]:
-    parts = re.split(r"^Examples:\s*$", rest, maxsplit=1, flags=re.M)
-    if len(parts) == 1:
-        return parts[0], "", ""
-    return parts[0], "", parts[1]
+    description, *examples = re.split(r"^Examples:\s*$", rest, maxsplit=1, flags=re.M)
+    return synopsis.strip(), description.strip(), "".join(examples).strip("\n")
 
 
 def syntax(item: Cmdlet) -> str:
