@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 from cmdlets.backup import sessions
+from cmdlets.backups import BACKUP_REQUIRED
 from cmdlets.host.context import Context
 from cmdlets.host.errors import BcsError, BusyError, InvalidOperationError
 from cmdlets.host.registry import Param, cmdlet
@@ -102,15 +103,10 @@ def start_backup_copy(
     ctx: Context,
     backup: Annotated[
         Iterator[str] | None,
-        Param(
-            position=0,
-            mandatory=True,
-            by_value={"BackupCopy.Backup": "Id", "String": ""},
-            by_property=True,
-            aliases=("BackupId", "Id"),
+        dataclasses.replace(
+            BACKUP_REQUIRED,
             help="Backups by name, id or id prefix (comma-separated, or piped Backup objects); "
             "all of them go into one session.",
-            completes="backup",
         ),
     ] = None,
     repository: Annotated[
