@@ -13,8 +13,11 @@ This module is on the start-up path of ``Get-Backup``: it imports only light mod
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -44,6 +47,10 @@ _NAME_TIME_FORMAT = "%Y-%m-%dT%H%M%S"
 _NAME_TIME = re.compile(r"_(\d{4}-\d{2}-\d{2}T\d{6})(\.vbk|\.vib)\Z")
 # A restore point name plus "." and ".partial" must fit the usual 255-byte file name limit.
 _MAX_NAME_BYTES = 200
+# A .vbm lists ~250 bytes per restore point: 16 MiB is some 60,000 points. Anything larger is
+# not metadata bcs wrote, and reading it would only cost memory.
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+_TOO_LARGE = f"metadata is larger than {MAX_METADATA_BYTES // (1024 * 1024)} MiB"
 
 
 class BackupFormatError(BcsError):
@@ -51,6 +58,12 @@ class BackupFormatError(BcsError):
 
     category = "InvalidData"
     error_id = "InvalidBackupFormat"
+
+
+class BackupUnreachableError(NotFoundError):
+    """A backup folder cannot be reached: it is gone, or its disk is unplugged or failing."""
+
+    error_id = "BackupUnreachable"
 
 
 class InvalidNameError(BcsError):
@@ -225,7 +238,9 @@ def metadata_path(backup_dir: Path) -> Path:
     job's ``.vbm`` name, so a folder holding exactly one ``.vbm`` is read through that one.
     """
     usual = backup_dir / (backup_dir.name + METADATA_SUFFIX)
-    if usual.is_file():
+    # Whatever the usual name is (a symlink, a FIFO...), it is the metadata: reading it then
+    # says what is wrong with it, instead of a sibling .vbm being read in its place.
+    if os.path.lexists(usual):
         return usual
     try:
         found = sorted(
@@ -234,7 +249,7 @@ def metadata_path(backup_dir: Path) -> Path:
             if entry.name.endswith(METADATA_SUFFIX) and not entry.name.startswith(".")
         )
     except FileNotFoundError:
-        raise NotFoundError(
+        raise BackupUnreachableError(
             f"backup folder {backup_dir} does not exist", target=str(backup_dir)
         ) from None
     except NotADirectoryError:
@@ -242,7 +257,8 @@ def metadata_path(backup_dir: Path) -> Path:
             f"{backup_dir} is not a backup folder", target=str(backup_dir)
         ) from None
     except OSError as exc:
-        raise BackupFormatError(
+        # EIO, ENOTCONN, ESTALE...: the disk or the mount under the folder is failing.
+        raise BackupUnreachableError(
             f"cannot list backup folder {backup_dir}: {exc.strerror}", target=str(backup_dir)
         ) from exc
     if len(found) == 1:
@@ -278,10 +294,12 @@ def read_location_metadata(folder: Location) -> BackupMetadata:
     try:
         names = folder.list_dir("")
     except FileNotFoundError:
-        raise NotFoundError(f"backup folder {where} does not exist", target=where) from None
+        raise BackupUnreachableError(
+            f"backup folder {where} does not exist", target=where
+        ) from None
     except (OSError, LocationError) as exc:
         cause = exc.message if isinstance(exc, LocationError) else exc.strerror or str(exc)
-        raise BackupFormatError(
+        raise BackupUnreachableError(
             f"cannot list backup folder {where}: {cause}", target=where
         ) from None
     found = sorted(n for n in names if n.endswith(METADATA_SUFFIX) and not n.startswith("."))
@@ -301,29 +319,81 @@ def read_location_metadata(folder: Location) -> BackupMetadata:
     path = f"{where}/{name}"
     try:
         with folder.open_read(name) as f:
-            data = json.load(f)
+            raw = f.read(MAX_METADATA_BYTES + 1)
     except (OSError, LocationError) as exc:
         cause = exc.message if isinstance(exc, LocationError) else exc.strerror or str(exc)
         raise BackupFormatError(f"{path}: cannot read: {cause}", target=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BackupFormatError(f"{path}: metadata is not valid JSON: {exc}", target=path) from exc
-    return metadata_from_json(data, path)
+    if len(raw) > MAX_METADATA_BYTES:
+        raise BackupFormatError(f"{path}: {_TOO_LARGE}", target=path)
+    return metadata_from_json(_parse_json(raw, path), path)
 
 
 def read_metadata_file(path: Path) -> BackupMetadata:
     """Read and check one ``.vbm`` file (see read_metadata)."""
+    return metadata_from_json(load_metadata_json(path), str(path))
+
+
+def load_metadata_json(path: Path) -> Any:
+    """The parsed JSON of a ``.vbm`` file, read safely: anyone who can write a backup folder
+    can put a FIFO (which would block the reader forever), a device, a symlink or a huge file
+    under a ``.vbm`` name. Each is refused as damaged metadata (BackupFormatError), without
+    waiting, following or reading more than MAX_METADATA_BYTES."""
+
+    def fail(problem: str) -> BackupFormatError:
+        return BackupFormatError(f"{path}: {problem}", target=str(path))
+
     try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except FileNotFoundError as exc:
-        raise BackupFormatError(f"{path}: metadata file is missing", target=str(path)) from exc
+        # lstat first: opening a device can have effects of its own (a tape rewinds).
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"metadata is not a regular file ({_file_type(st.st_mode)})")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise fail("metadata file is missing") from None
     except OSError as exc:
-        raise BackupFormatError(f"{path}: cannot read: {exc.strerror}", target=str(path)) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+            raise fail("metadata is not a regular file (symlink)") from None
+        raise fail(f"cannot read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail(f"metadata is not a regular file ({_file_type(st.st_mode)})")
+        if st.st_size > MAX_METADATA_BYTES:
+            raise fail(_TOO_LARGE)
+        with open(fd, "rb", closefd=False) as f:
+            raw = f.read(MAX_METADATA_BYTES + 1)
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_METADATA_BYTES:  # grew since the fstat
+        raise fail(_TOO_LARGE)
+    return _parse_json(raw, str(path))
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "unknown type"
+
+
+def _parse_json(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON, bad UTF-8 and integers too long to convert; deep nesting
+        # ([[[[...) exhausts the parser's recursion.
         raise BackupFormatError(
-            f"{path}: metadata is not valid JSON: {exc}", target=str(path)
-        ) from exc
-    return metadata_from_json(data, str(path))
+            f"{where}: metadata is not valid JSON: {exc}", target=where
+        ) from None
 
 
 def metadata_from_json(data: Any, where: str) -> BackupMetadata:
@@ -418,6 +488,24 @@ def find_backups(
     stops the scan.
     """
     found: list[tuple[Path, BackupMetadata]] = []
+    for folder, meta in scan_backups(root, on_problem=on_problem):
+        if isinstance(meta, BackupMetadata):
+            found.append((folder, meta))
+        elif on_problem:
+            on_problem(meta)
+    return found
+
+
+def scan_backups(
+    root: Path, *, on_problem: Callable[[BcsError], None] | None = None
+) -> list[tuple[Path, BackupMetadata | BcsError]]:
+    """Every backup folder directly under ``root``, sorted, with its metadata or the error
+    that keeps it from being read (a damaged ``.vbm``): a damaged backup is still a backup.
+
+    Problems that are not about one backup (``root`` missing or unreadable, a folder that
+    cannot be listed) go to ``on_problem``.
+    """
+    found: list[tuple[Path, BackupMetadata | BcsError]] = []
     try:
         folders = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     except FileNotFoundError:
@@ -435,13 +523,14 @@ def find_backups(
                 for n in (e.name for e in folder.iterdir())
             ):
                 continue
-            found.append((folder, read_metadata(folder)))
-        except BcsError as exc:
-            if on_problem:
-                on_problem(exc)
         except OSError as exc:
             if on_problem:
                 on_problem(BackupFormatError(f"{folder}: {exc.strerror}", target=str(folder)))
+            continue
+        try:
+            found.append((folder, read_metadata(folder)))
+        except BcsError as exc:
+            found.append((folder, exc))
     return found
 
 

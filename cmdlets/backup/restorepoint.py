@@ -86,6 +86,7 @@ def write_restore_point(
     full: bool = False,
     now: Callable[[], datetime] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    check_folder: Callable[[Path], None] | None = None,
 ) -> RestorePointInfo:
     """Back up ``source`` as a new restore point of the backup in ``backup_dir``.
 
@@ -95,7 +96,9 @@ def write_restore_point(
     its metadata are created on the first run; the repository folder above it must exist.
     ``now`` is the clock (UTC); ``on_warning`` hears about skipped paths (sockets, FIFOs,
     devices). Symlinks are stored as symlinks, never followed; the backup folder itself is left
-    out if it lies inside ``source``.
+    out if it lies inside ``source``. ``check_folder`` is called once the backup folder exists,
+    before anything in it is read, removed or written: it raises to refuse a folder that is not
+    this job's to write (a copy lives there); a folder this call created is then removed again.
 
     Returns the new point as listed in the metadata. Raises SourceError when the source or a
     path in it cannot be read, or keeps changing; BackupFormatError when the existing metadata
@@ -107,7 +110,15 @@ def write_restore_point(
         raise BcsError(f"job type {job_type!r} is not one of {', '.join(JOB_TYPES)}")
     clock = now or (lambda: datetime.now(UTC))
     _check_source(source)
-    _make_backup_dir(backup_dir)
+    created = _make_backup_dir(backup_dir)
+    if check_folder is not None:
+        try:
+            check_folder(backup_dir)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    os.rmdir(backup_dir)
+            raise
     meta = _existing_metadata(backup_dir, job_name)
     _remove_leftovers(backup_dir, job_name, meta)
 
@@ -175,13 +186,14 @@ def _check_source(source: Path) -> None:
         )
 
 
-def _make_backup_dir(backup_dir: Path) -> None:
+def _make_backup_dir(backup_dir: Path) -> bool:
+    """Create the backup folder if it is missing; whether this call created it."""
     try:
         backup_dir.mkdir(mode=BACKUP_DIR_MODE)
     except FileExistsError:
         if not backup_dir.is_dir():
             raise BackupFormatError(f"{backup_dir} exists and is not a folder") from None
-        return
+        return False
     except FileNotFoundError:
         raise NotFoundError(
             f"repository folder {backup_dir.parent} does not exist", target=str(backup_dir.parent)
@@ -189,6 +201,7 @@ def _make_backup_dir(backup_dir: Path) -> None:
     except OSError as exc:
         raise BcsError(f"cannot create backup folder {backup_dir}: {exc.strerror}") from None
     _fsync_dir(backup_dir.parent)
+    return True
 
 
 def _existing_metadata(backup_dir: Path, job_name: str) -> BackupMetadata | None:
@@ -204,26 +217,43 @@ def _existing_metadata(backup_dir: Path, job_name: str) -> BackupMetadata | None
 
 def _remove_leftovers(backup_dir: Path, job_name: str, meta: BackupMetadata | None) -> None:
     """Remove what an interrupted run left: ``.partial`` files, temporary metadata, and a
-    restore point renamed to its final name whose metadata was never written (newer than the
-    last listed point). Older unlisted files are left alone: only this job's crashes make
-    them, and guessing wrong would delete data."""
+    restore point renamed to its final name whose metadata was never written: newer than the
+    last listed point, or any point of the job's naming pattern when no point is listed yet (a
+    first run killed before its ``.vbm``). Only regular files are removed. Older unlisted
+    files are left alone: only this job's crashes make them, and guessing wrong would delete
+    data; so is everything when another job's ``.vbm`` is in the folder."""
+    names = os.listdir(backup_dir)
+    listed = {p.file for p in meta.restore_points} if meta else set()
     newest = None
-    if meta is not None and meta.restore_points:
+    if listed and meta is not None:
         parsed = parse_restore_point_file_name(job_name, meta.restore_points[-1].file)
         newest = parsed[0] if parsed else None
-    listed = {p.file for p in meta.restore_points} if meta else set()
+    own_metadata = job_name + METADATA_SUFFIX
+    foreign = any(
+        n.endswith(METADATA_SUFFIX) and not n.startswith(".") and n != own_metadata for n in names
+    )
     metadata_temp = f".{job_name}{METADATA_SUFFIX}."
-    for name in os.listdir(backup_dir):
+    for name in names:
         stale = name.startswith(".") and (
             name.endswith(PARTIAL_SUFFIX)
             or (name.startswith(metadata_temp) and name.endswith(".tmp"))
         )
-        if not stale and newest is not None and name not in listed:
+        if not stale and not foreign and name not in listed:
             parsed = parse_restore_point_file_name(job_name, name)
-            stale = parsed is not None and parsed[0] > newest
+            unlisted_point = parsed is not None and (
+                not listed or (newest is not None and parsed[0] > newest)
+            )
+            stale = unlisted_point and _is_regular(backup_dir / name)
         if stale:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(backup_dir / name)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _previous_index(backup_dir: Path, meta: BackupMetadata | None, full: bool) -> PointIndex | None:
