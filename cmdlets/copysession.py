@@ -139,9 +139,12 @@ def start_backup_copy(
 
     All backups given, named or piped, go into one copy session. Before anything is touched,
     the session checks that no backup comes from an agent backup policy, that no backup would
-    move between extents of its own scale-out repository, that no target folder exists and
-    that the target has room for all of it. The source jobs are then disabled (held) while
-    their chains are copied, and enabled again afterwards if they were enabled before.
+    move between extents of its own scale-out repository, that the target is not inside the
+    folder of a backup it copies, that no target folder exists and that the target has room
+    for all of it. The source jobs are then disabled (held) while their chains are copied, and
+    enabled again afterwards if they were enabled before; a job writing a restore point is
+    waited for, and its chain copied as the job left it. Of two sessions started at once for
+    one target folder, exactly one gets it: the other writes nothing there.
 
     Files are verified against the checksums of the source's metadata while they are copied.
     A session with a failed backup ends in ActionRequired (exit status 1) with the jobs still
@@ -173,22 +176,24 @@ def start_backup_copy(
     what = ", ".join(f"'{b.name}'" for b in chosen)
     if not ctx.should_process(target["Path"], f"Copy backup {what}"):
         return
-    sessions.create(state, record)
     session_id = record["Id"]
-    sessions.log(
-        state,
-        session_id,
-        ctx.now(),
-        "ChecksPassed",
-        f"{len(chosen)} backups, {sum(b['BytesTotal'] for b in record['Backups'])} "
-        f"bytes to {target['Path']}",
-    )
+    # The work lock first: from the moment the record is visible, every command can tell that
+    # a live process works on it.
     lock = sessions.claim(state, session_id)
     try:
+        sessions.create(state, record)
+        sessions.log(
+            state,
+            session_id,
+            ctx.now(),
+            "ChecksPassed",
+            f"{len(chosen)} backups, {sum(b['BytesTotal'] for b in record['Backups'])} "
+            f"bytes to {target['Path']}",
+        )
         copying.take_holds(state, inventory, record, ctx.now)
     except BaseException:
-        lock.release()
         state.delete(sessions.KIND, session_id)
+        lock.release()
         raise
     ctx.verbose(f"copy session {session_id} started")
     result = _work(ctx, session_id, lock, run_async)
@@ -349,11 +354,13 @@ def resume_copy_session(
 ) -> Iterator[dict[str, Any]]:
     """Finalize copy sessions that wait in ActionRequired.
 
-    Retry copies only the files that were not copied and verified yet, resuming a partly
-    copied file from its last durable byte. SkipFailed keeps the backups that were copied and
-    removes the partial files of the failed ones. Undo removes everything the session created
-    (files and folders it made, never anything that was there before). SkipFailed and Undo
-    release the jobs: each is enabled again if it was before and no other session holds it.
+    Retry holds the jobs again if they are not held, then copies only the files that were not
+    copied and verified yet, resuming a partly copied file from its last durable byte.
+    SkipFailed keeps the backups that were copied and removes what the session made for the
+    failed ones; with none copied, it removes everything and the result is Failed. Undo
+    removes everything the session created (files and folders it made, never anything that
+    was there before or that another session made). SkipFailed and Undo release the jobs: each
+    is enabled again if it was before and no other session holds it.
     Undo asks for confirmation on a terminal; without one it needs -Force or -Confirm:$false.
 
     Examples:
@@ -370,6 +377,8 @@ def resume_copy_session(
             ctx.state, sessions.read(ctx.state, session_id) or {}, ctx.now()
         )
         _must_need_action(record, session_id)
+        if action != "Undo":
+            _must_not_be_undone(record, session_id)
         if not ctx.should_process(
             session_id, f"{action} copy session", destructive=action == "Undo"
         ):
@@ -378,6 +387,12 @@ def resume_copy_session(
         try:
             record = sessions.read(ctx.state, session_id) or {}
             _must_need_action(record, session_id)
+            if action != "Undo":
+                _must_not_be_undone(record, session_id)
+            if action == "Retry":
+                # Before anything changes, as at the start: a session whose process died
+                # right after its record was written never held its jobs.
+                copying.take_holds(ctx.state, ctx.inventory, record, ctx.now)
             _begin(ctx, session_id, action)
         except BaseException:
             lock.release()
@@ -408,6 +423,20 @@ def _must_need_action(record: dict[str, Any], session_id: str) -> None:
             f"{record.get('Result', 'None')}); only a session in ActionRequired can be resumed",
             target=session_id,
             error_id="SessionNotActionRequired",
+        )
+
+
+def _must_not_be_undone(record: dict[str, Any], session_id: str) -> None:
+    """Refuse Retry and SkipFailed after an Undo that did not finish: it may have removed
+    files of backups the record still says are copied, which Retry would register again and
+    SkipFailed would keep, without those files."""
+    actions = record.get("Actions") or []
+    if actions and actions[-1].get("Action") == "Undo":
+        raise InvalidOperationError(
+            f"copy session {session_id} was being undone when that stopped; finish it with "
+            "Resume-CopySession -Action Undo",
+            target=session_id,
+            error_id="SessionBeingUndone",
         )
 
 

@@ -3,9 +3,15 @@
 The order of events makes a crash at any moment recoverable:
 
 1. every check passes before anything is touched;
-2. the session record is created and the jobs are held (disabled) under their locks;
-3. before the session creates a folder or a file at the target, it records that it will
-   (so that Undo can remove exactly what the session created, and nothing else);
+2. the session's work lock is taken, then its record is created (a session in Starting is
+   never taken for one whose process died), then the jobs are held (disabled) under their
+   locks, and each backup's plan is brought up to date with its chain under its hold;
+3. each folder the session makes at the target (a backup's folder, or a missing folder on
+   the way for -Path) is claimed atomically: made under a name only this session uses, then
+   renamed into place without replacing anything, so that of two sessions racing for one
+   folder exactly one gets it (see _claim); the session records as created only what it
+   made itself, and only then the files it is about to make in its own folder (so that Undo
+   removes exactly what the session created, and nothing else);
 4. files are copied under temporary names, verified against the checksums of the source's
    metadata, made durable and renamed; progress is journaled at checkpoints so that Retry
    resumes from the bytes already durable;
@@ -16,23 +22,26 @@ The order of events makes a crash at any moment recoverable:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cmdlets.backup import jobs, sessions
 from cmdlets.backup.catalog import COPIES, Backup
 from cmdlets.backup.chain import (
-    METADATA_SUFFIX,
+    BackupMetadata,
     format_time,
+    load_metadata_json,
     metadata_from_json,
+    metadata_path,
     validate_name,
 )
 from cmdlets.backup.inventory import Inventory, Repository
-from cmdlets.backup.location import Location, Locations
+from cmdlets.backup.location import FILE_MODE, Location, LocationError, Locations, TargetFile
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError, UsageError
 from cmdlets.store import StateDir
 
@@ -88,6 +97,9 @@ def choose_target(
     locations = locations or local_only(inventory)
     if (repository is None) == (path is None):
         raise UsageError("give either -Repository NAME or -Path FOLDER", error_id="TargetMissing")
+    if path is not None and not path.strip():
+        # An empty path would mean the current folder, which nobody types on purpose.
+        raise UsageError("-Path is empty: give the folder to copy into", error_id="EmptyPath")
     if credential is not None and (path is None or locations.is_local(path)):
         raise UsageError(
             "-Credential applies to a shared folder -Path (//server/share/...)",
@@ -115,6 +127,7 @@ def choose_target(
             from cmdlets.backup.runs import roomiest_extent
 
             best = roomiest_extent(repo)
+            _outside_sources(backups, Path(best.path))
             return {
                 "Kind": "Repository",
                 "Repository": repo.name,
@@ -131,6 +144,7 @@ def choose_target(
                 "Path": repo.path,
                 "Credential": repo.credential,
             }
+        _outside_sources(backups, Path(repo.path))
         return {"Kind": "Repository", "Repository": repo.name, "Extent": None, "Path": repo.path}
     assert path is not None
     if not locations.is_local(path):
@@ -155,6 +169,7 @@ def choose_target(
             "Credential": name,
         }
     folder = (cwd / os.path.expanduser(path)).resolve()
+    _outside_sources(backups, folder)
     for backup in backups:
         sobr = _scale_out_of(inventory, backup)
         if sobr is None:
@@ -185,6 +200,19 @@ def choose_target(
                 "Path": str(folder),
             }
     return {"Kind": "Folder", "Repository": None, "Extent": None, "Path": str(folder)}
+
+
+def _outside_sources(backups: list[Backup], folder: Path) -> None:
+    """Refuse a target inside the folder of a backup being copied: the copy would land in the
+    chain it copies (and a job writing that chain would write beside it)."""
+    for backup in backups:
+        if backup.opener is None and _inside(folder, backup.path):
+            raise InvalidOperationError(
+                f"{folder} is inside the folder of backup '{backup.name}' ({backup.path}), "
+                "which this session copies: choose a target outside it",
+                target=str(folder),
+                error_id="TargetInsideSource",
+            )
 
 
 def _target_checks(
@@ -315,9 +343,8 @@ def plan(
             target=str(root),
             error_id="NotEnoughSpace",
         )
-    held = sorted(
-        {b.meta.job_name for b in backups if b.origin == "Job" and inventory.job(b.meta.job_name)}
-    )
+    # The job whose folder holds the chain (catalog.Backup.job), not the JobName in its .vbm.
+    held = sorted({b.job.name for b in backups if b.job is not None})
     return {
         "Id": sessions.new_id(),
         "State": "Starting",
@@ -329,6 +356,7 @@ def plan(
         "Holds": held,
         "Created": [],
         "CreatedRoots": [],
+        "Claiming": [],
         "ProcessId": None,
         "CreationTime": format_time(now),
         "EndTime": None,
@@ -341,8 +369,9 @@ def plan(
 
 
 def take_holds(state: StateDir, inventory: Inventory, record: Record, clock: Clock) -> None:
-    """Disable each source job on behalf of the session. A job that is writing a restore point
-    right now is waited for (bounded by the lock timeout)."""
+    """Disable each source job on behalf of the session, unless it holds the job already. A job
+    that is writing a restore point right now is waited for (bounded by the lock timeout). On
+    failure, the holds taken by this call are released again."""
     from cmdlets.backup.runs import RUNS
 
     taken: list[str] = []
@@ -352,6 +381,8 @@ def take_holds(state: StateDir, inventory: Inventory, record: Record, clock: Clo
             if job is None:
                 continue
             with state.lock(RUNS, job.name):
+                if record["Id"] in jobs.read_state(state, job).held_by:
+                    continue
                 jobs.add_hold(state, job, record["Id"], clock())
             taken.append(name)
             sessions.log(
@@ -391,62 +422,293 @@ def release_holds(state: StateDir, inventory: Inventory, record: Record, clock: 
 # -- the work ---------------------------------------------------------------------------------
 
 
+def _shown(base: str, rel: str) -> str:
+    return f"{base.rstrip('/')}/{rel}" if rel else base
+
+
+class _Below:
+    """The location ``rel`` below ``top``: every path is walked from the root of ``top``.
+
+    A local target whose folders the session made (see make_root) is reached from the nearest
+    folder that existed before them, never by its full path: a folder on the way that someone
+    swaps for a link is then refused like any link below a root (see LocalLocation), instead
+    of being followed."""
+
+    def __init__(self, top: Location, rel: str, description: str) -> None:
+        self._top = top
+        self._rel = rel
+        self.description = description
+
+    def _at(self, rel: str) -> str:
+        return f"{self._rel}/{rel}" if rel else self._rel
+
+    def exists(self, rel: str) -> bool:
+        return self._top.exists(self._at(rel))
+
+    def is_dir(self, rel: str) -> bool:
+        return self._top.is_dir(self._at(rel))
+
+    def make_dir(self, rel: str) -> bool:
+        return self._top.make_dir(self._at(rel))
+
+    def open_write(self, rel: str, offset: int, mode: int = FILE_MODE) -> TargetFile:
+        return self._top.open_write(self._at(rel), offset, mode)
+
+    def open_read(self, rel: str) -> BinaryIO:
+        return self._top.open_read(self._at(rel))
+
+    def size(self, rel: str) -> int | None:
+        return self._top.size(self._at(rel))
+
+    def rename(self, rel_from: str, rel_to: str) -> None:
+        self._top.rename(self._at(rel_from), self._at(rel_to))
+
+    def sync_dir(self, rel: str) -> None:
+        self._top.sync_dir(self._at(rel))
+
+    def remove_file(self, rel: str) -> None:
+        self._top.remove_file(self._at(rel))
+
+    def remove_dir(self, rel: str) -> None:
+        self._top.remove_dir(self._at(rel))
+
+    def free_bytes(self) -> int | None:
+        return self._top.free_bytes()
+
+    def list_dir(self, rel: str) -> list[str]:
+        return self._top.list_dir(self._at(rel))
+
+
+def _top_of(record: Record, locations: Locations) -> tuple[str, Location, str]:
+    """The folder the target is reached from (its path and location) and the location path of
+    the target below it: for a local target, the nearest folder that existed when the session
+    first made the target (``TargetBase``); for a shared folder, the share."""
+    target = record["Target"]
+    if not locations.is_local(target["Path"]):
+        return locations.open_top(target["Path"], target.get("Credential"))
+    base = record.get("TargetBase")
+    if base is None and record.get("CreatedRoots"):
+        base = str(Path(record["CreatedRoots"][0]).parent)  # a record written before TargetBase
+    base = base or target["Path"]
+    rel = Path(os.path.relpath(target["Path"], base)).as_posix()
+    return base, locations.open(base), "" if rel == "." else rel
+
+
 def location_of(record: Record, locations: Locations) -> Location:
     target = record["Target"]
-    return locations.open(target["Path"], target.get("Credential"))
+    if not locations.is_local(target["Path"]) or not (
+        record.get("TargetBase") or record.get("CreatedRoots")
+    ):
+        return locations.open(target["Path"], target.get("Credential"))
+    _, top, rel = _top_of(record, locations)
+    return _Below(top, rel, target["Path"]) if rel else top
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
 
 
 def make_root(state: StateDir, record: Record, clock: Clock, locations: Locations) -> None:
-    """Create the target folder (and missing parents) for -Path, recording each one."""
+    """Create the target folder and the missing folders above it (for -Path), each claimed like
+    a backup's folder (see _claim), through the location of the nearest folder that exists (or
+    of the share): never by a full path, which a link swapped in on the way would redirect."""
     target = record["Target"]
-    if not locations.is_local(target["Path"]):
-        _make_remote_root(state, record, clock, locations)
-        return
-    root = Path(target["Path"])
-    missing: list[Path] = []
-    probe = root
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for folder in reversed(missing):
-        sessions.update(state, record["Id"], _appender("CreatedRoots", str(folder)))
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=0o755)
-        sessions.log(state, record["Id"], clock(), "FolderCreated", str(folder))
-
-
-def _make_remote_root(state: StateDir, record: Record, clock: Clock, locations: Locations) -> None:
-    """The same through the location of the topmost folder (the share): each missing folder
-    on the way is recorded, then created."""
-    target = record["Target"]
-    top_path, top, rel = locations.open_top(target["Path"], target.get("Credential"))
+    if locations.is_local(target["Path"]) and not record.get("TargetBase"):
+        root = Path(target["Path"])
+        if os.path.lexists(root):
+            return
+        base = str(_nearest_existing(root))
+        record = sessions.update(state, record["Id"], lambda r: r.update(TargetBase=base))
+    top_path, top, rel = _top_of(record, locations)
     parts = rel.split("/") if rel else []
     for count in range(1, len(parts) + 1):
         prefix = "/".join(parts[:count])
-        if top.is_dir(prefix):
+        folder = _Folder(top, prefix, None, _shown(top_path, prefix))
+        record = sessions.read(state, record["Id"]) or record
+        if top.is_dir(prefix) and folder.claiming not in record.get("Claiming", []):
+            # There before, or made by someone else meanwhile: walked into, never through a
+            # link (the location refuses those).
             continue
-        shown = f"{top_path.rstrip('/')}/{prefix}"
-        sessions.update(state, record["Id"], _appender("CreatedRoots", shown))
-        top.make_dir(prefix)
-        sessions.log(state, record["Id"], clock(), "FolderCreated", shown)
+        if _claim(state, record["Id"], folder):
+            sessions.log(state, record["Id"], clock(), "FolderCreated", folder.shown)
 
 
-def _remove_root(root: str, record: Record, locations: Locations) -> None:
-    """Remove one folder make_root created, if it is empty (OSError otherwise)."""
-    if locations.is_local(root):
-        os.rmdir(root)
-        return
-    _, top, rel = locations.open_top(root, record["Target"].get("Credential"))
-    if top.list_dir(rel):
-        raise OSError(39, "not empty", root)
-    top.remove_dir(rel)
+def _remove_roots(state: StateDir, record: Record, clock: Clock, locations: Locations) -> list[str]:
+    """Remove the folders make_root made, deepest first, each only if empty and still reached
+    without a link; returns those left in place."""
+    left: list[str] = []
+    if locations.is_local(record["Target"]["Path"]) and not (
+        record.get("TargetBase") or record.get("CreatedRoots")
+    ):
+        return left  # the target existed: make_root made nothing
+    top_path, top, rel = _top_of(record, locations)
+    parts = rel.split("/") if rel else []
+    for count in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:count])
+        folder = _Folder(top, prefix, None, _shown(top_path, prefix))
+        left += _settle_claim(state, record["Id"], folder, clock)
+        if not folder.mine(sessions.read(state, record["Id"]) or {}):
+            continue
+        try:
+            if top.is_dir(prefix) and top.list_dir(prefix):
+                left.append(folder.shown)
+                continue
+            top.remove_dir(prefix)
+        except (OSError, BcsError):
+            left.append(folder.shown)
+            continue
+        sessions.update(state, record["Id"], folder.disown)
+        sessions.log(state, record["Id"], clock(), "Removed", folder.shown)
+    return left
 
 
-def _appender(key: str, value: Any) -> Callable[[Record], None]:
-    def change(record: Record) -> None:
-        record[key].append(value)
+# -- claiming folders --------------------------------------------------------------------------
 
-    return change
+
+@dataclasses.dataclass(frozen=True)
+class _Folder:
+    """A folder a session makes at ``rel`` of ``location``: the folder of the backup at index
+    ``backup``, or (``backup`` None) a folder on the way to the target; ``shown`` names it for
+    people. ``Created`` (backup folders) and ``CreatedRoots`` (the others) list those that are
+    the session's own; ``Claiming`` those whose claim folder was made (see _claim)."""
+
+    location: Location
+    rel: str
+    backup: int | None
+    shown: str
+
+    @property
+    def claiming(self) -> dict[str, Any]:
+        return {"Backup": self.backup, "Rel": self.rel}
+
+    def _entry(self) -> Any:
+        if self.backup is None:
+            return self.shown
+        return {"Backup": self.backup, "Kind": "Dir", "Rel": self.rel}
+
+    def _list(self, record: Record) -> list[Any]:
+        listed: list[Any] = record.setdefault(
+            "CreatedRoots" if self.backup is None else "Created", []
+        )
+        return listed
+
+    def mine(self, record: Record) -> bool:
+        return self._entry() in self._list(record)
+
+    def own(self, record: Record) -> None:
+        if not self.mine(record):
+            self._list(record).append(self._entry())
+
+    def disown(self, record: Record) -> None:
+        if self.mine(record):
+            self._list(record).remove(self._entry())
+
+    def claimed(self, record: Record) -> None:
+        claims = record.setdefault("Claiming", [])
+        if self.claiming not in claims:
+            claims.append(self.claiming)
+
+    def unclaimed(self, record: Record) -> None:
+        claims = record.setdefault("Claiming", [])
+        if self.claiming in claims:
+            claims.remove(self.claiming)
+
+
+def claim_name(rel: str, session_id: str) -> str:
+    """The name a folder is made under before it is renamed into place: beside it, hidden,
+    and used by this session alone."""
+    head, _, name = rel.rpartition("/")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 200:  # room for the rest within a file system's 255 bytes
+        import hashlib
+
+        name = hashlib.sha256(raw).hexdigest()[:16]
+    claim = f".{name}.{session_id}.claim"
+    return f"{head}/{claim}" if head else claim
+
+
+def _claim(
+    state: StateDir, session_id: str, folder: _Folder, also: Sequence[tuple[str, str]] = ()
+) -> bool:
+    """Make ``folder`` this session's own: True if it is (made now, or by an interrupted
+    earlier attempt), False if anything else has its name.
+
+    Sessions that passed their checks at once (or any other process) may make the same
+    folder. It is made under a name only this session uses (claim_name), then renamed into
+    place by a rename that never replaces anything: exactly one of them gets it, and the
+    others record nothing in it and never write into it. The claim folder is recorded once it
+    is made, before the rename, so after a crash a recorded claim folder that is gone was
+    renamed into place. ``also`` lists (kind, rel) of what the session is about to create in
+    the folder, recorded for Undo in the same write that records the folder as its own."""
+    location, rel = folder.location, folder.rel
+    claim = claim_name(rel, session_id)
+
+    def take(record: Record) -> None:
+        folder.unclaimed(record)
+        folder.own(record)
+        _add_created(record, folder.backup, also)
+
+    record = sessions.read(state, session_id) or {}
+    if folder.mine(record):
+        if location.is_dir(rel):
+            if also:
+                sessions.update(state, session_id, take)
+            return True
+        # Gone: removed by an Undo that was interrupted, or by hand. It is claimed anew.
+        sessions.update(state, session_id, folder.disown)
+    elif (
+        folder.claiming in record.get("Claiming", [])
+        and not location.exists(claim)
+        and location.is_dir(rel)
+    ):
+        sessions.update(state, session_id, take)  # renamed into place before a crash
+        return True
+    location.make_dir(claim)  # False: this session's claim folder, left by an earlier attempt
+    if folder.claiming not in record.get("Claiming", []):
+        sessions.update(state, session_id, folder.claimed)
+    try:
+        location.rename(claim, rel)
+    except FileExistsError:
+        with contextlib.suppress(OSError, BcsError):
+            location.remove_dir(claim)
+        sessions.update(state, session_id, folder.unclaimed)
+        return False
+    sessions.update(state, session_id, take)
+    return True
+
+
+def _settle_claim(state: StateDir, session_id: str, folder: _Folder, clock: Clock) -> list[str]:
+    """Before Undo removes ``folder``: remove a claim folder an interrupted claim left, or
+    take the folder as the session's own if the claim was renamed into place before a crash.
+    Returns what could not be removed."""
+    location = folder.location
+    claim = claim_name(folder.rel, session_id)
+    recorded = folder.claiming in (sessions.read(state, session_id) or {}).get("Claiming", [])
+    present = False
+    try:
+        present = location.is_dir(claim)
+        if present:
+            location.remove_dir(claim)
+            sessions.log(state, session_id, clock(), "Removed", _shown(location.description, claim))
+        elif recorded and location.is_dir(folder.rel):
+            sessions.update(state, session_id, folder.own)
+    except (OSError, BcsError) as exc:
+        if not recorded and not present:
+            return []  # nothing recorded, and no claim folder could be looked for
+        # A link in the way, or a claim folder someone put something into: it stays.
+        return [f"{claim} ({getattr(exc, 'strerror', None) or exc})"]
+    if recorded:
+        sessions.update(state, session_id, folder.unclaimed)
+    return []
+
+
+def _add_created(record: Record, index: int | None, paths: Sequence[tuple[str, str]]) -> None:
+    for kind, rel in paths:
+        entry = {"Backup": index, "Kind": kind, "Rel": rel}
+        if entry not in record["Created"]:
+            record["Created"].append(entry)
 
 
 class _Journal:
@@ -508,16 +770,66 @@ class _Journal:
 
 
 def _remember(state: StateDir, session_id: str, index: int, paths: list[tuple[str, str]]) -> None:
-    """Record, before creating them, the folders and files the session is about to make
-    (one durable write for the whole list: every fsync counts on a chain of many files)."""
+    """Record, before creating them, the files the session is about to make in a folder of
+    its own (one durable write for the whole list: every fsync counts on a chain of many
+    files)."""
+    sessions.update(state, session_id, lambda r: _add_created(r, index, paths))
 
-    def change(record: Record) -> None:
-        for kind, rel in paths:
-            entry = {"Backup": index, "Kind": kind, "Rel": rel}
-            if entry not in record["Created"]:
-                record["Created"].append(entry)
 
-    sessions.update(state, session_id, change)
+def _replan(state: StateDir, session_id: str, index: int, clock: Clock) -> None:
+    """Bring the plan of a backup still to copy up to date with its chain, once its job is
+    held: the plan was made before the hold, maybe while the job was writing a restore point.
+    The chain can only have grown since, and the new restore points are copied too; anything
+    else (a point gone or rewritten, another backup in the folder) fails the backup, saying
+    what changed."""
+    from cmdlets.backup.chain import read_metadata
+
+    backup = (sessions.read(state, session_id) or {})["Backups"][index]
+    meta = read_metadata(Path(backup["SourcePath"]))
+    problem = _chain_change(backup, meta)
+    if problem:
+        raise BcsError(
+            f"the chain of '{backup['Name']}' changed since the session's checks: {problem}; "
+            "finalize this session and start a new copy",
+            target=backup["Name"],
+            error_id="SourceChanged",
+        )
+    new = meta.restore_points[len(backup["Files"]) :]
+    if not new:
+        return
+
+    def grow(record: Record) -> None:
+        entry = record["Backups"][index]
+        entry["Files"] += [
+            {"File": p.file, "Size": p.size, "Sha256": p.sha256, "Copied": False, "Durable": 0}
+            for p in new
+        ]
+        entry["BytesTotal"] = sum(f["Size"] for f in entry["Files"])
+
+    sessions.update(state, session_id, grow)
+    sessions.log(
+        state,
+        session_id,
+        clock(),
+        "ChainGrown",
+        f"'{backup['Name']}': {len(new)} restore points written since the checks are copied "
+        f"too ({', '.join(p.file for p in new)})",
+    )
+
+
+def _chain_change(backup: Record, meta: BackupMetadata) -> str | None:
+    """How the chain in ``meta`` differs from the planned one other than by growing, if it
+    does."""
+    if meta.backup_id != backup["BackupId"]:
+        return f"its folder holds another backup now (id {meta.backup_id})"
+    points = meta.restore_points
+    for position, planned in enumerate(backup["Files"]):
+        if position >= len(points) or points[position].file != planned["File"]:
+            return f"restore point {planned['File']} is no longer in it"
+        point = points[position]
+        if (point.size, point.sha256) != (planned["Size"], planned["Sha256"]):
+            return f"restore point {planned['File']} was rewritten (other size or checksum)"
+    return None
 
 
 def copy_backup(
@@ -544,8 +856,7 @@ def copy_backup(
         "BackupStarted",
         f"copying '{backup['Name']}' from {source} to {record['Target']['Path']}/{folder}",
     )
-    make_folder = not location.is_dir(folder)
-    created: list[tuple[str, str]] = [("Dir", folder)] if make_folder else []
+    created: list[tuple[str, str]] = []
     tasks = []
     for entry in backup["Files"]:
         if entry["Copied"]:
@@ -555,14 +866,14 @@ def copy_backup(
         tasks.append(
             FileTask(source / entry["File"], rel, entry["Size"], entry["Sha256"], entry["Durable"])
         )
-    _remember(state, session_id, index, created)
-    if make_folder and not location.make_dir(folder):
-        foreign = {"Backup": index, "Kind": "Dir", "Rel": folder}
-        sessions.update(state, session_id, lambda r: r["Created"].remove(foreign))
+    shown = _shown(record["Target"]["Path"], folder)
+    if not _claim(state, session_id, _Folder(location, folder, index, shown), created):
         raise InvalidOperationError(
-            f"the target folder {folder} appeared while the session started; it is not ours "
-            "to write into",
-            target=folder,
+            f"the target folder {shown} was made by someone else after this session's checks "
+            "(another copy started at the same time?); the session did not write into it and "
+            "records nothing in it: finalize the session, then copy again with another -Name",
+            target=shown,
+            error_id="TargetTaken",
         )
     journal = _Journal(state, session_id, index, clock)
     try:
@@ -603,19 +914,29 @@ def _write_copy_metadata(
     record = sessions.read(state, session_id) or {}
     backup = record["Backups"][index]
     source = Path(backup["SourcePath"])
-    vbm = next(
-        p
-        for p in source.iterdir()
-        if p.name.endswith(METADATA_SUFFIX) and not p.name.startswith(".")
-    )
-    data = json.loads(vbm.read_bytes())
+    # The source folder is someone else's to write: read its .vbm the safe way (no FIFO,
+    # device, link or huge file), as every reader of backups does.
+    vbm = metadata_path(source)
+    data = load_metadata_json(vbm)
     meta = metadata_from_json(data, str(vbm))
-    listed = [p.file for p in meta.restore_points]
-    copied = [f["File"] for f in backup["Files"]]
-    if listed != copied:
+    problem = _chain_change(backup, meta)
+    if problem is None and len(meta.restore_points) > len(backup["Files"]):
+        added = meta.restore_points[len(backup["Files"]) :]
+        problem = f"restore points were added to it ({', '.join(p.file for p in added)})"
+    if problem:
+        # The plan was brought up to date once the job was held (see _replan): whatever
+        # changed the chain since did it while the session held the job, or the chain has
+        # no job of the inventory to hold.
+        why = (
+            f"its job '{backup['Job']}' was held disabled by this session, so something else "
+            "wrote to the chain (the job enabled with -Force and run?)"
+            if backup.get("Job") in record.get("Holds", [])
+            else "no backup job of the inventory writes this chain, so something else did"
+        )
         raise BcsError(
-            f"the chain of '{backup['Name']}' changed while it was copied ({vbm}); its job "
-            "was not held disabled",
+            f"the chain of '{backup['Name']}' changed while it was copied ({vbm}): {problem}; "
+            f"{why}",
+            target=backup["Name"],
             error_id="SourceChanged",
         )
     data["BackupId"] = backup["CopyId"]
@@ -664,9 +985,9 @@ def _register(
         "SourceBackupId": backup["BackupId"],
         "CopySessionId": session_id,
     }
-    if not local:
-        # Listing it then needs neither the network nor a password (see catalog).
-        copy["Metadata"] = metadata
+    # Listing it then needs neither the network nor a password, and a copy whose folder is
+    # unreachable (an unplugged disk) is still listed, from this (see catalog).
+    copy["Metadata"] = metadata
     state.update(COPIES, backup["CopyId"], lambda _old: copy)
 
 
@@ -707,22 +1028,29 @@ def run(
     record = sessions.update(state, session_id, begin)
     written = 0
     try:
+        step = "HoldFailed"
         try:
+            # Again on Retry: a session whose process died before its holds were taken
+            # (right after its record was written) must not copy without them.
+            take_holds(state, inventory, record, clock)
+            step = "TargetFailed"
             make_root(state, record, clock, locations)
         except (BcsError, OSError) as exc:
-            # The target cannot be reached or made (a share whose server is down): every
-            # backup still to copy fails with that cause, and the session waits for action.
+            # A job that cannot be held, or a target that cannot be reached or made (a share
+            # whose server is down): every backup still to copy fails with that cause, and
+            # the session waits for action.
             message = exc.message if isinstance(exc, BcsError) else _os_message(exc)
             for index, backup in enumerate(record["Backups"]):
                 if backup["Status"] in ("Pending", "Copying"):
                     _set_backup(state, session_id, index, Status="Failed", Error=message)
-            sessions.log(state, session_id, clock(), "TargetFailed", message)
+            sessions.log(state, session_id, clock(), step, message)
             return _conclude(state, inventory, session_id, clock, written)
         for index, backup in enumerate(record["Backups"]):
             if backup["Status"] not in ("Pending", "Copying"):
                 continue
             _set_backup(state, session_id, index, Status="Copying", Error=None)
             try:
+                _replan(state, session_id, index, clock)
                 _, n = copy_backup(
                     state, session_id, index, clock, on_bytes, should_stop, locations
                 )
@@ -807,10 +1135,13 @@ def _conclude(
 
 
 def _reach(record: Record, locations: Locations) -> Location:
-    """The session's target, or an error if it cannot be reached now."""
+    """The session's target, or an error if it cannot be reached now. A target that is
+    reached but refuses a path (a link in the way) is reached: what is behind the link is
+    left in place, named by Undo."""
     try:
         location = location_of(record, locations)
-        location.exists("")
+        with contextlib.suppress(LocationError):
+            location.exists("")
     except OSError as exc:
         raise _unreachable(record["Target"]["Path"], exc) from None
     return location
@@ -823,29 +1154,74 @@ def remove_created(
     clock: Clock,
     locations: Locations,
 ) -> list[str]:
-    """Remove what the session recorded creating for the chosen backups, newest first; a
-    folder is removed only if empty (anything someone else put there stays). Returns what
+    """Remove what the session made for the chosen backups: the files it recorded creating,
+    newest first, then the backup's folder if it is the session's own and empty (anything
+    someone else put there stays), and a claim folder an interrupted claim left. Returns what
     could not be removed. A target that cannot be reached at all is an error: nothing is
     removed, and the caller leaves the session as it is, to be finalized once it can."""
+    chosen = [i for i in range(len(record["Backups"])) if which(i)]
+    if not chosen:
+        return []
+    try:
+        location = _reach(record, locations)
+    except BcsError:
+        if _recorded(record, set(chosen)):
+            raise
+        return []  # nothing recorded there: at most an empty claim folder of this session
     left: list[str] = []
-    if not any(which(entry["Backup"]) for entry in record.get("Created", [])):
-        return left
-    location = _reach(record, locations)
-    for entry in reversed(record.get("Created", [])):
-        if not which(entry["Backup"]):
-            continue
+    for index in chosen:
+        left += _remove_backup(state, record, index, location, clock)
+    return left
+
+
+def _recorded(record: Record, chosen: set[int]) -> bool:
+    """Whether the session recorded making anything at the target for the chosen backups."""
+    return any(
+        entry["Backup"] in chosen
+        for entry in [*record.get("Created", []), *record.get("Claiming", [])]
+    )
+
+
+def _remove_backup(
+    state: StateDir, record: Record, index: int, location: Location, clock: Clock
+) -> list[str]:
+    """remove_created for one backup. Each removal is recorded as it is done, the files before
+    their folder: an Undo killed half-way and run again never removes anything from a folder
+    of the same name that someone else made since (by then the names of the files that were
+    in it are forgotten)."""
+    session_id = record["Id"]
+    name = record["Backups"][index]["Folder"]
+    folder = _Folder(location, name, index, _shown(record["Target"]["Path"], name))
+    left = _settle_claim(state, session_id, folder, clock)
+    current = sessions.read(state, session_id) or {}
+    files = [e for e in current["Created"] if e["Backup"] == index and e["Kind"] == "File"]
+    removed: list[dict[str, Any]] = []
+    for entry in reversed(files):
         try:
-            if entry["Kind"] == "File":
-                location.remove_file(entry["Rel"])
-            else:
-                if location.is_dir(entry["Rel"]) and location.list_dir(entry["Rel"]):
-                    left.append(entry["Rel"])
-                    continue
-                location.remove_dir(entry["Rel"])
+            location.remove_file(entry["Rel"])
         except (OSError, BcsError) as exc:
             left.append(f"{entry['Rel']} ({getattr(exc, 'strerror', None) or exc})")
             continue
-        sessions.log(state, record["Id"], clock(), "Removed", entry["Rel"])
+        removed.append(entry)
+        sessions.log(state, session_id, clock(), "Removed", entry["Rel"])
+    if removed:
+
+        def forget(current: Record) -> None:
+            current["Created"] = [e for e in current["Created"] if e not in removed]
+
+        sessions.update(state, session_id, forget)
+    if not folder.mine(current):
+        return left
+    try:
+        if location.is_dir(name) and location.list_dir(name):
+            left.append(name)
+            return left
+        location.remove_dir(name)
+    except (OSError, BcsError) as exc:
+        left.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
+        return left
+    sessions.update(state, session_id, folder.disown)
+    sessions.log(state, session_id, clock(), "Removed", name)
     return left
 
 
@@ -882,28 +1258,28 @@ def _finalize(
     locations: Locations,
 ) -> Record:
     session_id = record["Id"]
-    if action == "SkipFailed":
-        failed = {i for i, b in enumerate(record["Backups"]) if b["Status"] != "Copied"}
-        left = remove_created(state, record, lambda i: i in failed, clock, locations)
-        status, result = "Skipped", "Warning"
-    else:
-        failed = set(range(len(record["Backups"])))
+    backups = record["Backups"]
+    kept = (
+        {i for i, b in enumerate(backups) if b["Status"] == "Copied"}
+        if action == "SkipFailed"
+        else set()
+    )
+    gone = set(range(len(backups))) - kept
+    if action == "Undo" or _recorded(record, gone) or (not kept and record.get("CreatedRoots")):
         _reach(record, locations)  # before the copies are unregistered
-        for backup in record["Backups"]:
-            if backup["Status"] == "Copied":
-                state.delete(COPIES, backup["CopyId"])
-        left = remove_created(state, record, lambda i: True, clock, locations)
-        for root in reversed(record.get("CreatedRoots", [])):
-            try:
-                _remove_root(root, record, locations)
-            except (OSError, BcsError):
-                left.append(root)
-                continue
-            sessions.log(state, record["Id"], clock(), "Removed", root)
-        status, result = "Undone", "Failed"
+    for index in sorted(gone):
+        # Every registration the session made for a backup that does not stay, copied or
+        # not: a process killed between registering a copy and marking it copied leaves one.
+        state.delete(COPIES, backups[index]["CopyId"])
+    left = remove_created(state, record, lambda i: i in gone, clock, locations)
+    if not kept:
+        # Nothing of the session stays: the folders it made on the way go too.
+        left += _remove_roots(state, record, clock, locations)
+    status = "Skipped" if action == "SkipFailed" else "Undone"
+    result = "Warning" if kept else "Failed"
 
     def change(current: Record) -> None:
-        for i in failed:
+        for i in gone:
             current["Backups"][i]["Status"] = status
         current["State"] = "Stopped"
         current["Result"] = result
@@ -912,6 +1288,8 @@ def _finalize(
         current["Actions"][-1]["Result"] = "Success" if not left else "Warning"
         if left:
             current["Reason"] = "left in place (not empty or not removable): " + ", ".join(left)
+        elif not kept and action == "SkipFailed":
+            current["Reason"] = "no backup was copied: nothing of the session was kept"
 
     record = sessions.update(state, session_id, change)
     release_holds(state, inventory, record, clock)  # after: see _conclude

@@ -53,6 +53,7 @@ def update(state: StateDir, session_id: str, change: Callable[[Record], None]) -
 
 
 def create(state: StateDir, record: Record) -> None:
+    """Write a new session's record; the caller has claimed the session already."""
     with state.lock(KIND, record["Id"]):
         state.write(KIND, record["Id"], record)
 
@@ -88,14 +89,23 @@ def resolve_id(state: StateDir, spec: str) -> str:
 # -- working on a session ---------------------------------------------------------------------
 
 
-def work_lock(state: StateDir, session_id: str) -> Lock:
+# How long taking a session waits for the lock: long enough to ride over another command's
+# liveness check (worker_alive holds the lock for an instant), far too short to wait for a
+# process that works on the session.
+CLAIM_WAIT = 1.0
+
+
+def work_lock(state: StateDir, session_id: str, timeout: float = 0) -> Lock:
     base = state.lock(WORK, session_id)
-    return Lock(base.path, f"copy session {session_id}", base.holder, timeout=0)
+    return Lock(base.path, f"copy session {session_id}", base.holder, timeout=timeout)
 
 
 def claim(state: StateDir, session_id: str) -> Lock:
-    """Take the session for this process, or fail with exit status 3 naming who has it."""
-    lock = work_lock(state, session_id)
+    """Take the session for this process, or fail with exit status 3 naming who has it.
+
+    A new session is claimed before its record is written (see create): no command ever sees
+    a session in Starting whose lock is free, which would mean that its process died."""
+    lock = work_lock(state, session_id, timeout=min(CLAIM_WAIT, state.timeout))
     try:
         return lock.acquire()
     except LockTimeout as exc:
