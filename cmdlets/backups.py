@@ -257,8 +257,11 @@ def restore_backup(
     """Restore the files of a restore point into a folder, as the source was at that time.
 
     The full the point builds on and the increments up to it are applied; files, folders,
-    modes, times and symlinks come back. A destination that is not empty is refused unless
-    -Force. Copies restore exactly like the chains they were copied from.
+    modes (without setuid and setgid bits: owners are not restored), times and symlinks come
+    back. The destination is a local folder; one that is not empty is refused unless -Force.
+    Nothing is ever written through a symbolic link, even one put in place of a folder while
+    the restore runs (the restore then stops, exit status 1). Copies restore exactly like the
+    chains they were copied from.
 
     Examples:
       Restore-Backup -Backup 'Daily SQL' -Destination /tmp/sql
@@ -267,6 +270,8 @@ def restore_backup(
     """
     from cmdlets.backup.catalog import resolve
     from cmdlets.backup.chain import select_point
+    from cmdlets.backup.inventory import is_share_path
+    from cmdlets.backup.location import refuse_user_info
     from cmdlets.backup.restore import restore_point as restore
     from cmdlets.host.errors import UsageError
 
@@ -276,6 +281,15 @@ def restore_backup(
             "-Destination is empty: name the folder to restore into",
             target=destination,
             error_id="EmptyDestination",
+        )
+    refuse_user_info(destination)
+    if is_share_path(destination):
+        # As a local path, //nas01/share would be the folder /nas01/share of this machine.
+        raise UsageError(
+            f"-Destination {destination!r} is a shared folder: Restore-Backup restores into a "
+            "local folder (a copy on a share restores from there into a local one)",
+            target=destination,
+            error_id="DestinationIsShare",
         )
     target = resolve(_backups(ctx), backup or "")
     point = select_point(target.meta, restore_point)

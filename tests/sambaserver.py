@@ -59,10 +59,13 @@ def ensure_user(name: str = USER) -> None:
 class SambaServer:
     """One smbd serving ``share`` (a folder) as ``//127.0.0.1/backups`` at ``port``."""
 
-    def __init__(self, work: Path, share: Path, password: str = PASSWORD) -> None:
+    def __init__(
+        self, work: Path, share: Path, password: str = PASSWORD, share_options: str = ""
+    ) -> None:
         self.work = work
         self.share = share
         self.password = password
+        self.share_options = share_options  # more lines for the share's section of smb.conf
         self.user = USER
         self.port = free_port()
         self.conf = work / "smb.conf"
@@ -114,6 +117,7 @@ class SambaServer:
     force user = root
     create mask = 0644
     directory mask = 0755
+{self.share_options}
 """
         )
         ensure_user(self.user)

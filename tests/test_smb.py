@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -231,7 +233,20 @@ def test_a_share_path_without_the_plugin_names_the_plugin(chains, samba, bcs):
     unknown = bcs("Start-BackupCopy", "Daily SQL", "-Path", f"{samba.url}/x", "-Credential", "no")
     assert unknown.status == 2 and "no credential named 'no'" in unknown.stderr
     in_url = bcs("Start-BackupCopy", "Daily SQL", "-Path", f"smb://u:{WRONG}@127.0.0.1/s/x")
-    assert in_url.status == 1 and "inventory" in in_url.stderr and WRONG not in in_url.stderr
+    assert in_url.status == 2 and "inventory" in in_url.stderr and WRONG not in in_url.stderr
+
+
+def test_a_right_password_in_the_path_is_refused_before_connecting(chains, samba, bcs):
+    # The real account and password: refused all the same, before anything is written.
+    host = samba.url.removeprefix("smb://")
+    for target in (
+        f"smb://{samba.user}:{samba.password}@{host}/copies",
+        f"//{samba.user}:{samba.password}@{host}/copies",
+    ):
+        result = bcs("Start-BackupCopy", "Daily SQL", "-Path", target)
+        assert result.status == 2 and "user name or password" in result.stderr, result.stderr
+        assert samba.password not in result.stdout + result.stderr
+    assert os.listdir(samba.share) == []
 
 
 def test_a_server_that_refuses_connections_fails_before_anything_starts(chains, samba, bcs):
@@ -406,3 +421,90 @@ def test_undo_waits_while_the_share_cannot_be_reached(chains, samba, bcs):
     )  # fmt: skip
     assert undone.status == 0, undone.stderr
     assert os.listdir(samba.share) == []
+
+
+def permissions(path: Path) -> tuple[int, int, int]:
+    """What the owner, the group and others may do with a file on the server (rwx bits each):
+    from its POSIX ACL where it has one (Samba keeps an NT DACL there), else from its mode."""
+    st = os.stat(path)
+    try:
+        acl = os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        mode = stat.S_IMODE(st.st_mode)
+        return mode >> 6 & 7, mode >> 3 & 7, mode & 7
+    owner = group = other = 0
+    mask = 7
+    for offset in range(4, len(acl), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", acl, offset)
+        if tag == 0x01:  # the owner
+            owner = perm
+        elif (tag == 0x02 and ident != st.st_uid) or tag in (0x04, 0x08):  # the group class
+            group |= perm
+        elif tag == 0x10:
+            mask = perm
+        elif tag == 0x20:
+            other = perm
+    return owner, group & mask, other
+
+
+def bits(mode: int) -> tuple[int, int, int]:
+    return mode >> 6 & 7, mode >> 3 & 7, mode & 7
+
+
+def test_copies_on_a_share_keep_the_modes_of_their_source_files(chains, samba, bcs):
+    source = chains / "repo/main/Daily SQL"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in source.iterdir()}
+    assert set(modes.values()) == {0o600, 0o644}  # private restore points, a readable .vbm
+    result = bcs(
+        "Start-BackupCopy", "Daily SQL", "-Path", f"{samba.url}/copies", "-Credential", "nas",
+        environ=with_password(samba),
+    )  # fmt: skip
+    assert result.status == 0, result.stderr
+    on_share = samba.share / "copies/Daily SQL"
+    assert sorted(os.listdir(on_share)) == sorted(modes)  # no probe is left behind
+    for name, mode in modes.items():
+        assert permissions(on_share / name) == bits(mode), name
+    (copy,) = bcs("Get-Backup", "-Origin", "Copy", environ=with_password(samba)).objects
+    assert bcs("Test-Backup", copy["Id"], environ=with_password(samba)).status == 0
+
+
+# What the server decides, where it does not keep a DACL as a POSIX ACL: on a file system
+# without POSIX ACLs (ramfs), the DACL's mode bits; with nt acl support = no, its create mask.
+SERVER_CASES = {
+    "no-posix-acls": ("", None),
+    "nt-acl-support-no": ("    nt acl support = no", 0o644),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVER_CASES))
+def test_what_the_server_decides_about_the_modes_of_copies(chains, samba, bcs, tmp_path, case):
+    options, mask_decides = SERVER_CASES[case]
+    share = tmp_path / f"share-{case}"
+    share.mkdir()
+    if options == "":
+        mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(share)], check=False)
+        if mounted.returncode != 0:
+            pytest.skip("cannot mount a ramfs here")
+        # A ramfs says it has no free space: let the server report some (1 GiB).
+        dfree = tmp_path / "dfree"
+        dfree.write_text("#!/bin/sh\necho 1048576 1048576 1024\n")
+        dfree.chmod(0o755)
+        options = f"    dfree command = {dfree}"
+    server = SambaServer(tmp_path / f"samba-{case}", share, share_options=options)
+    try:
+        server.setup()
+        server.start()
+        result = bcs(
+            "Start-BackupCopy", "Daily SQL", "-Path", f"{server.url}/copies",
+            "-Credential", "nas", environ=with_password(samba),
+        )  # fmt: skip
+        assert result.status == 0, result.stderr
+        on_share = share / "copies/Daily SQL"
+        assert {name: permissions(on_share / name) for name in os.listdir(on_share)} == {
+            p.name: bits(mask_decides or stat.S_IMODE(p.stat().st_mode))
+            for p in (chains / "repo/main/Daily SQL").iterdir()
+        }
+    finally:
+        server.stop()
+        if mask_decides is None:
+            subprocess.run(["umount", "-l", str(share)], check=False)

@@ -7,7 +7,11 @@ folder is :class:`LocalLocation`. Any other kind of path (a shared folder) is re
 asks :class:`Locations` for a path and never knows which protocol answers (the ``bcs-smb``
 plugin answers for ``//server/share`` and ``smb://``).
 
-Safety (SPEC §10): every ``rel`` is checked by :func:`split_rel` before it reaches the file
+A path that carries a user name or password (``//user:pass@nas01/share``) is refused by
+:class:`Locations` before any provider sees it (:func:`refuse_user_info`), with or without the
+plugin, and the message never repeats it.
+
+Safety: every ``rel`` is checked by :func:`split_rel` before it reaches the file
 system, and :class:`LocalLocation` walks each path one component at a time below a descriptor
 of its root, opening every component with ``O_NOFOLLOW``. A symbolic link anywhere below the
 root is refused with :class:`TargetEscapeError`, so nothing is ever read or written outside the
@@ -22,6 +26,7 @@ import dataclasses
 import errno
 import functools
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -95,7 +100,8 @@ class Location(Protocol):
         """The size of the regular file ``rel``, or None if there is nothing by that name."""
 
     def rename(self, rel_from: str, rel_to: str) -> None:
-        """Rename atomically; never replaces an existing ``rel_to`` (FileExistsError)."""
+        """Rename a file or an empty folder atomically; never replaces an existing ``rel_to``
+        (FileExistsError)."""
 
     def sync_dir(self, rel: str) -> None:
         """Make the creations and renames in folder ``rel`` durable (``""`` is the root)."""
@@ -183,6 +189,45 @@ def read_login(credential: Credential, environ: Mapping[str, str]) -> Login:
     return Login(credential.name, credential.username, password)
 
 
+class PasswordInPathError(UsageError):
+    """A path holds a user name or password: refused without repeating it."""
+
+    category = "SecurityError"
+    error_id = "PasswordInPath"
+
+
+# A URL of any scheme (smb://, cifs://, ...): what stands before an '@' in it is user info.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def refuse_user_info(path: str) -> None:
+    r"""Refuse a shared-folder path or URL that carries a user name or password.
+
+    ``//user:pass@nas01/share``, ``smb://user:pass@nas01/share`` and ``\user:pass@nas01\share``
+    all hold a password, and a password may itself hold ``/`` or ``@``: no position of an
+    ``@`` tells a folder name from the end of a password, so any ``@`` in such a path is
+    refused, and the message shows only what follows the last one. Passwords belong to the
+    inventory's credentials, where they are never shown. A Windows ``\server\share`` path is
+    refused too: bcs writes shared folders as ``//server/share``.
+    """
+    remote = path.startswith(("//", "\\\\")) or _URL.match(path) is not None
+    if remote and "@" in path:
+        shown = "<hidden>@" + path.rpartition("@")[2]
+        raise PasswordInPathError(
+            f"the path {shown!r} holds a user name or password before its '@': bcs never takes "
+            "a password in a path, where process lists, shell history and messages would show "
+            "it; give the shared folder as //server/share/folder and name a credential of the "
+            "inventory (-Credential, or a shared-folder repository's credential)",
+            target=shown,
+        )
+    if path.startswith("\\\\"):
+        raise UsageError(
+            f"{path!r} is a Windows UNC path: write a shared folder as //server/share/folder",
+            target=path,
+            error_id="InvalidSharePath",
+        )
+
+
 class LocationProvider(Protocol):
     """What a plugin's ``bcs_locations()`` hook returns: a way to reach one kind of path."""
 
@@ -222,6 +267,9 @@ class Locations:
         self._opened: dict[tuple[str, str | None], Location] = {}
 
     def provider(self, path: str) -> LocationProvider | None:
+        # Every way in (is_local, require, open, open_top) comes here first, before any
+        # provider sees the path, so that no plugin is needed to refuse a password in a path.
+        refuse_user_info(path)
         return next((p for p in self.providers if p.handles(path)), None)
 
     def is_local(self, path: str) -> bool:
@@ -431,6 +479,12 @@ class LocalLocation:
                 # EINVAL/ENOSYS: the file system or kernel lacks RENAME_NOREPLACE.
                 if code not in (errno.EINVAL, errno.ENOSYS):
                     raise OSError(code, os.strerror(code), self._show(rel_to))
+            if stat.S_ISDIR(os.stat(from_name, dir_fd=from_fd, follow_symlinks=False).st_mode):
+                # A folder has no second name to give: an empty one (a copy session's claim,
+                # see copying) is made anew by mkdir, which never replaces either.
+                os.mkdir(to_name, DIR_MODE, dir_fd=to_fd)
+                os.rmdir(from_name, dir_fd=from_fd)
+                return
             # link() never replaces either; for a moment the file has both names, which the
             # hard-link check of open_write keeps harmless.
             os.link(from_name, to_name, src_dir_fd=from_fd, dst_dir_fd=to_fd, follow_symlinks=False)

@@ -9,13 +9,17 @@ read front to back, skipping only data that is not needed.
 
 Every archive is checked before anything is written: a member with an absolute name, a ``..``
 component, a hard link, a device or any name the index does not list makes the restore refuse.
-Files are created with ``O_NOFOLLOW|O_EXCL`` inside folders the restore made itself, so nothing
-is ever written through a symlink. Symlinks themselves are restored as they were, whatever they
-point to (``/etc/localtime -> /usr/share/zoneinfo/UTC`` is data, too).
+The destination is written through folder descriptors only (see "Writing the tree" below):
+nothing is ever created, removed, chmodded or touched through a symlink, even one that someone
+puts in place of a folder while the restore runs. Symlinks themselves are restored as they
+were, whatever they point to (``/etc/localtime -> /usr/share/zoneinfo/UTC`` is data, too).
+Owners are not restored, and neither are setuid and setgid bits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -91,12 +95,14 @@ def restore_point(
     ``destination`` must not exist (it is created, parents too) or be an empty folder. With
     ``force=True`` it may hold files: paths of the restore point replace what is in their way
     (a file, a symlink, a whole folder), and other files are left alone. The tree gets the
-    files, folders, symlinks, modes and mtimes of the point; owners are not restored.
+    files, folders, symlinks, modes and mtimes of the point; owners are not restored, nor are
+    setuid and setgid bits.
 
     Returns the restored point. Raises NotFoundError (no such point), BackupFormatError (a
     missing or damaged restore point file, an unsafe archive member: nothing written then),
     InvalidOperationError (destination not empty or not a folder), RestoreError (writing
-    failed part way).
+    failed part way; RestoreTargetChangedError when a folder of the restore was replaced by a
+    link or a file while it ran).
     """
     from cmdlets.backup.verify import open_backup
 
@@ -110,20 +116,24 @@ def restore_point(
         _check_archive(folder, info, indexes[position], wanted[position])
         for position, info in enumerate(chain)
     ]
-    _prepare_destination(destination, force)
+    dest = _open_destination(destination, force)
     final = indexes[-1]
     try:
-        _make_tree(destination, final, force)
+        _make_tree(dest, final, force)
+        # Each phase walks again from the destination, so a folder replaced meanwhile is seen.
+        dest.reset()
         for info, plan in zip(chain, plans, strict=True):
-            _write_files(folder, info.file, destination, plan, force)
-        _finish_folders(destination, final)
+            _write_files(folder, info.file, dest, plan, force)
+            dest.reset()
+        _finish_folders(dest, final)
     except OSError as exc:
-        where = exc.filename or destination
         raise RestoreError(
-            f"restoring {target.file} to {destination} failed at {where}: {exc.strerror}; "
-            "the destination holds a partial restore",
-            target=str(destination),
+            f"restoring {target.file} to {dest.path} failed at {dest.show(dest.at)}: "
+            f"{exc.strerror or exc}; the destination holds a partial restore",
+            target=str(dest.path),
         ) from exc
+    finally:
+        dest.close()
     return target
 
 
@@ -247,49 +257,171 @@ def _checked_member(archive: str, member: tarfile.TarInfo, index: PointIndex) ->
     return entry
 
 
-def _prepare_destination(destination: Path, force: bool) -> None:
+# Writing the tree. The destination may lie where others can write (a shared /srv/restore):
+# whatever they rename or replace while the restore runs, nothing may be written, removed or
+# changed outside it. So the destination is walked with folder descriptors, one component at
+# a time (openat-style) and never by a full path: each folder of the restore is opened with
+# O_NOFOLLOW below a descriptor of its parent, each file created with O_EXCL|O_NOFOLLOW below a
+# descriptor of its folder, and modes and times are set through descriptors. A folder of the
+# restore that a symbolic link or a file took the place of stops the restore; a folder moved
+# away meanwhile gets the rest of its own content wherever it went, never anything else.
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Owners are not restored, so neither are the bits that run a file as its owner or group: a
+# setuid file restored by root would be a setuid-root program.
+_NOT_RESTORED = stat.S_ISUID | stat.S_ISGID
+
+
+class RestoreTargetChangedError(RestoreError):
+    """A folder the restore made was replaced by a symbolic link or a file while it ran."""
+
+    category = "SecurityError"
+    error_id = "RestoreTargetChanged"
+
+
+class _Destination:
+    """The destination folder, reached only through descriptors.
+
+    ``folder(rel)`` is a descriptor of the restored folder ``rel`` (``""``: the destination).
+    The descriptors of the folders leading to the last one asked for stay open, so that a walk
+    in archive order opens each folder once; ``reset`` closes them, so that the next phase
+    finds a folder replaced meanwhile. ``at`` is the path being worked on, for messages.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.at = ""
+        self._open: list[tuple[str, int]] = []  # (name, descriptor), each inside the one before
+
+    def show(self, rel: str) -> str:
+        return os.path.join(self.path, rel) if rel else str(self.path)
+
+    def folder(self, rel: str) -> int:
+        parts = rel.split("/") if rel else []
+        keep = 0
+        while keep < min(len(parts), len(self._open)) and self._open[keep][0] == parts[keep]:
+            keep += 1
+        self._close_from(keep)
+        fd = self._open[-1][1] if self._open else self.fd
+        for depth in range(keep, len(parts)):
+            fd = _open_folder(self, fd, parts[depth], "/".join(parts[: depth + 1]))
+            self._open.append((parts[depth], fd))
+        return fd
+
+    def reset(self) -> None:
+        self._close_from(0)
+
+    def close(self) -> None:
+        self.reset()
+        os.close(self.fd)
+
+    def _close_from(self, depth: int) -> None:
+        for _, fd in reversed(self._open[depth:]):
+            os.close(fd)
+        del self._open[depth:]
+
+
+def _open_folder(dest: _Destination, parent: int, name: str, rel: str) -> int:
     try:
-        st = os.stat(destination)
+        return os.open(name, _FOLDER_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    raise RestoreTargetChangedError(
+        f"{dest.show(rel)} is no longer the folder this restore made: a symbolic link or a file "
+        f"took its place while the restore ran (can others write in {dest.path}?); nothing was "
+        "written through it, and the destination holds a partial restore",
+        target=dest.show(rel),
+    )
+
+
+def _open_destination(destination: Path, force: bool) -> _Destination:
+    """Open the destination folder, creating it and its missing parents; refuse one that is
+    not a folder, or not empty unless ``force``. The path to it is the user's and may go
+    through links; what this call creates is entered without following any."""
+    path = destination if destination.is_absolute() else Path.cwd() / destination
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        try:
-            destination.mkdir(parents=True)
-        except OSError as exc:
-            raise RestoreError(f"cannot create {destination}: {exc.strerror}") from exc
-        return
-    if not stat.S_ISDIR(st.st_mode):
+        fd = _create_destination(path)
+    except NotADirectoryError:
         raise InvalidOperationError(
-            f"destination {destination} exists and is not a folder",
-            target=str(destination),
+            f"destination {path} exists and is not a folder",
+            target=str(path),
             error_id="DestinationNotAFolder",
-        )
-    if not force and os.listdir(destination):
-        raise InvalidOperationError(
-            f"destination {destination} is not empty; use -Force to restore over its content",
-            target=str(destination),
-            error_id="DestinationNotEmpty",
-        )
+        ) from None
+    except OSError as exc:
+        raise RestoreError(f"cannot open {path}: {exc.strerror}", target=str(path)) from exc
+    try:
+        if not force and os.listdir(fd):
+            raise InvalidOperationError(
+                f"destination {path} is not empty; use -Force to restore over its content",
+                target=str(path),
+                error_id="DestinationNotEmpty",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Destination(path, fd)
 
 
-def _make_tree(destination: Path, final: PointIndex, force: bool) -> None:
+def _create_destination(path: Path) -> int:
+    missing: list[str] = []
+    here = path
+    while True:
+        try:
+            fd = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            break
+        except FileNotFoundError:
+            if here.parent == here:
+                raise RestoreError(f"cannot create {path}: no folder of it exists") from None
+            missing.append(here.name)
+            here = here.parent
+        except OSError as exc:
+            raise RestoreError(f"cannot create {path}: {here}: {exc.strerror}") from exc
+    try:
+        for name in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile: entered the same way
+                os.mkdir(name, 0o777, dir_fd=fd)
+            child = os.open(name, _FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        raise RestoreError(f"cannot create {path}: {exc.strerror}", target=str(path)) from exc
+    return fd
+
+
+def _make_tree(dest: _Destination, final: PointIndex, force: bool) -> None:
     """Create the folders (writable for now) and symlinks of the restored tree."""
     for path, entry in final.entries.items():
-        full = os.path.join(destination, path)
+        if entry.type not in (DIR, SYMLINK):
+            continue
+        dest.at = path
+        parent_rel, _, name = path.rpartition("/")
+        parent = dest.folder(parent_rel)
         if entry.type == DIR:
-            if force and _is_real_dir(full):
+            if force and _is_real_dir(parent, name):
                 continue
             if force:
-                _remove(full)
-            os.mkdir(full, 0o700)
-        elif entry.type == SYMLINK:
+                _remove(parent, name)
+            _make_dir(parent, name)
+        else:
             assert entry.target is not None
             if force:
-                _remove(full)
-            os.symlink(entry.target, full)
-            os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+                _remove(parent, name)
+            os.symlink(entry.target, name, dir_fd=parent)
+            times = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+
+def _make_dir(parent: int, name: str) -> None:
+    os.mkdir(name, 0o700, dir_fd=parent)
 
 
 def _write_files(
-    folder: Location, name: str, destination: Path, contents: list[_Content], force: bool
+    folder: Location, name: str, dest: _Destination, contents: list[_Content], force: bool
 ) -> None:
     if not contents:
         return
@@ -303,23 +435,25 @@ def _write_files(
         archive = cast(_Archive, reader)
         for content in contents:
             archive.seek(content.offset)
-            _write_file(archive, name, destination, content, buffer, force)
+            _write_file(archive, name, dest, content, buffer, force)
 
 
 def _write_file(
     archive: _Archive,
     archive_name: str,
-    destination: Path,
+    dest: _Destination,
     content: _Content,
     buffer: memoryview,
     force: bool,
 ) -> None:
     entry = content.entry
-    full = os.path.join(destination, content.path)
+    dest.at = content.path
+    parent_rel, _, name = content.path.rpartition("/")
+    parent = dest.folder(parent_rel)
     if force:
-        _remove(full)
-    # O_EXCL|O_NOFOLLOW: the path is new in a folder this restore made, never a link out.
-    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        _remove(parent, name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=parent)
     try:
         digest = hashlib.sha256()
         left = entry.size
@@ -335,7 +469,7 @@ def _write_file(
                 f"{archive_name}: the data of {content.path!r} does not match its SHA-256 "
                 "(damaged restore point); the destination holds a partial restore"
             )
-        os.fchmod(fd, entry.mode)
+        os.fchmod(fd, entry.mode & ~_NOT_RESTORED)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
@@ -346,29 +480,32 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
-def _finish_folders(destination: Path, final: PointIndex) -> None:
+def _finish_folders(dest: _Destination, final: PointIndex) -> None:
     # Innermost first: setting a folder read-only must wait until everything in it is done.
     for path, entry in reversed(final.entries.items()):
         if entry.type == DIR:
-            full = os.path.join(destination, path)
-            os.chmod(full, entry.mode)
-            os.utime(full, ns=(entry.mtime_ns, entry.mtime_ns))
+            dest.at = path
+            fd = dest.folder(path)
+            os.fchmod(fd, entry.mode & ~_NOT_RESTORED)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
 
-def _is_real_dir(path: str) -> bool:
+def _is_real_dir(parent: int, name: str) -> bool:
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
     except FileNotFoundError:
         return False
 
 
-def _remove(path: str) -> None:
-    """Remove whatever is at ``path`` (a folder with its content), following no symlink."""
+def _remove(parent: int, name: str) -> None:
+    """Remove whatever has ``name`` in the folder ``parent`` (a folder with its content),
+    following no symlink: rmtree with ``dir_fd`` walks by descriptors and refuses a folder
+    that a link replaced while it works."""
     try:
-        st = os.lstat(path)
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
+        shutil.rmtree(name, dir_fd=parent)
     else:
-        os.unlink(path)
+        os.unlink(name, dir_fd=parent)

@@ -2,8 +2,9 @@
 
 What the copy engine asks of a location maps onto SMB this way:
 
-- a new file is created exclusively (``FILE_CREATE``), a resumed one opened and cut to the
-  durable offset (``FileEndOfFileInformation``);
+- a new file is created exclusively (``FILE_CREATE``), with the permissions of its source
+  sent as a security descriptor in the same request (see ``bcs_smb.modes``); a resumed one is
+  opened and cut to the durable offset (``FileEndOfFileInformation``);
 - ``sync`` waits for every write sent so far, then sends ``SMB2 FLUSH``, which a Samba server
   turns into an fsync (``strict sync = yes``, its default) and a Windows server into a flush
   of the file to its disk;
@@ -34,9 +35,11 @@ import atexit
 import collections
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import logging
+import secrets
 import stat
 import threading
 import time
@@ -52,8 +55,9 @@ from smbprotocol.exceptions import (
     SMBOSError,
     SMBResponseException,
 )
-from smbprotocol.open import FilePipePrinterAccessMask, SMB2WriteResponse
+from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask, SMB2WriteResponse
 
+from bcs_smb import modes
 from bcs_smb.paths import SharePath
 from cmdlets.backup.location import (
     LocationError,
@@ -105,6 +109,9 @@ _NT = {
 }
 # A folder flush the server does not do: the folder's durability is then the server's own.
 _NO_DIR_FLUSH = {0xC0000022, 0xC0000010, 0xC00000BB, 0xC0000008, 0xC0000002}
+# A security descriptor the server will not apply at create: ACCESS_DENIED (no WRITE_DAC
+# there), INVALID_ACL, INVALID_SID, INVALID_SECURITY_DESCR, NOT_SUPPORTED, INVALID_PARAMETER.
+_DESCRIPTOR_REFUSED = {0xC0000022, 0xC0000077, 0xC0000078, 0xC0000079, 0xC00000BB, 0xC000000D}
 
 
 class _Pool:
@@ -150,6 +157,8 @@ class SmbLocation:
         self._cache = _POOL.cache(folder.server, folder.port, login)
         self._send_lock = threading.Lock()
         self._dir_flush = True
+        self._keep_modes = True
+        self._owners: dict[str, modes.Owners | None] = {}
 
     def __repr__(self) -> str:
         return f"SmbLocation({self.description!r})"
@@ -176,8 +185,8 @@ class SmbLocation:
                 f"{self._show(rel)} exists and is not a folder", target=self._show(rel)
             ) from None
 
-    def open_write(self, rel: str, offset: int, mode: int = 0) -> SmbFile:
-        # ``mode``: SMB has no Unix permission bits to set; the share's create mask decides.
+    def open_write(self, rel: str, offset: int, mode: int = 0o644) -> SmbFile:
+        # ``mode`` goes to the server as a security descriptor (see bcs_smb.modes).
         if offset < 0:
             raise ValueError(f"offset {offset} is negative")
         path = self._unc(rel)
@@ -186,8 +195,7 @@ class SmbLocation:
             self.remove_file(rel)
         with self._errors(rel):
             if offset == 0:
-                raw = SMBFileIO(path, mode="xb", share_access="r", **self._session())
-                raw.open()
+                raw = self._create(rel, path, mode)
             else:
                 raw = SMBFileIO(path, mode="r+b", share_access="r", **self._session())
                 raw.open()
@@ -280,6 +288,54 @@ class SmbLocation:
         path = self._unc(rel, allow_root=True)
         with self._errors(rel):
             return sorted(smbclient.listdir(path, **self._session()))
+
+    # New files with the source's permissions.
+
+    def _create(self, rel: str, path: str, mode: int) -> SMBFileIO:
+        owners = self._owners_in(rel.rpartition("/")[0]) if self._keep_modes else None
+        if owners is not None:
+            raw = SMBFileIO(path, mode="xb", share_access="r", **self._session())
+            # SMBFileIO has no way to pass create contexts: give them to its CREATE request.
+            raw.fd.create = functools.partial(
+                raw.fd.create, create_contexts=[modes.mode_context(owners, mode)]
+            )
+            try:
+                raw.open()
+                return raw
+            except (SMBOSError, SMBResponseException) as exc:
+                status = getattr(exc, "ntstatus", None) or getattr(exc, "status", None)
+                if status not in _DESCRIPTOR_REFUSED:
+                    raise
+        raw = SMBFileIO(path, mode="xb", share_access="r", **self._session())
+        raw.open()
+        if owners is not None:
+            self._keep_modes = False  # refused the descriptor, not the file: stop sending it
+        return raw
+
+    def _owners_in(self, folder: str) -> modes.Owners | None:
+        """Who owns a file created in ``folder``, from a probe (see bcs_smb.modes)."""
+        if folder not in self._owners:
+            name = f".bcs-probe-{secrets.token_hex(8)}"
+            probe = SMBFileIO(
+                self._unc(f"{folder}/{name}" if folder else name),
+                mode="xb",
+                share_access="rwd",
+                desired_access=FilePipePrinterAccessMask.READ_CONTROL
+                | FilePipePrinterAccessMask.DELETE,
+                create_options=CreateOptions.FILE_DELETE_ON_CLOSE,
+                **self._session(),
+            )
+            found = None
+            try:
+                probe.open()
+                try:
+                    found = modes.owners_of(probe)
+                finally:
+                    _close_quietly(probe)
+            except (SMBOSError, SMBResponseException):
+                pass  # a server that will not say: its own settings decide
+            self._owners[folder] = found
+        return self._owners[folder]
 
     # Helpers.
 

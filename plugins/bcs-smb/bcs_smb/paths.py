@@ -28,15 +28,16 @@ class SharePath:
 
     @classmethod
     def parse(cls, path: str) -> SharePath:
-        """Parse and check a path; LocationError names what is wrong with it."""
+        """Parse and check a path; LocationError names what is wrong with it, and a path
+        with a user name or password in it is a usage error that never repeats it."""
+        from cmdlets.backup.location import refuse_user_info
+
+        # The core refuses these before any provider sees them; this keeps the plugin as
+        # safe when it is called directly. Every message below shows the path, so this
+        # comes first.
+        refuse_user_info(path)
         if path[:6].lower() == "smb://":
             authority, _, rest = path[6:].partition("/")
-            if "@" in authority:
-                # Never echo it back: what stands before the @ may be a password.
-                shown = "smb://<hidden>@" + authority.rpartition("@")[2] + "/" + rest
-                raise _invalid(
-                    shown, "holds a user name or password; name a credential of the inventory"
-                )
             server, port = _authority(path, authority)
             host = f"[{server}]" if ":" in server else server
             prefix = "smb://" + host + (f":{port}" if port != DEFAULT_PORT else "")
