@@ -3,7 +3,8 @@
 Each test drives real processes at exact points (``injection``): two sessions released at
 once after their checks, a session held after its checks while another copies, processes
 killed right after a step, a backup job paused while it writes a restore point, a parent
-folder of the target swapped for a link while the session makes it.
+folder of the target swapped for a link while the session makes it, a session's folder
+removed by hand and made again by another session.
 """
 
 from __future__ import annotations
@@ -652,3 +653,234 @@ def test_on_a_share_a_session_held_after_its_checks_never_writes_into_another_on
     copy_id = first.objects[0]["Backups"][0]["CopyId"]
     assert bcs("Test-Backup", copy_id, environ=password).status == 0
     assert "made by someone else" in lost["Reason"], lost["Reason"]
+
+
+# -- 1. a session's folder removed by hand, and made again by another session ------------------
+
+
+def folder_state(folder: Path) -> tuple:
+    """Everything in ``folder`` and the folder's own times: any entry made or removed in it
+    (a partial file made and cleaned up again) changes its mtime."""
+    st = os.stat(folder)
+    return snapshot(folder), st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def run_process(workdir: Path, *argv: str) -> tuple[int, str, str]:
+    return finish(start_process(workdir, *argv))
+
+
+def resume(workdir: Path, session_id: str, action: str) -> tuple[int, dict, str]:
+    force = ["-Force"] if action == "Undo" else []
+    status, out, err = run_process(
+        workdir, "Resume-CopySession", session_id, "-Action", action, *force
+    )
+    return status, json.loads(out) if out.strip() else {}, err
+
+
+def failed_then_replaced(chains: Path, shell, bcs) -> tuple[str, str]:
+    """Session A copies 'Daily SQL' to copies/ and fails (its last restore point is damaged
+    at the source, so that file fails its verification after the others were copied). The
+    administrator removes A's folder by hand; session B copies the same backup there and
+    succeeds: B's files have the very names A recorded as its own. A's id, B's copy id."""
+    vib = sorted((chains / "repo/main/Daily SQL").glob("*.vib"))[-1]
+    original = corrupt(vib)
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "copies")
+    assert status == 1, err
+    first = json.loads(out)
+    assert first["State"] == "ActionRequired"
+    created = [e["Rel"] for e in record_of(chains, first["Id"])["Created"]]
+    assert f"Daily SQL/{vib.name}" in created  # A recorded the name B's file will have
+    vib.write_bytes(original)
+    removed = shell("rm -rf 'copies/Daily SQL'")
+    assert removed.returncode == 0, removed.stderr
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "copies")
+    assert status == 0, err
+    second = json.loads(out)
+    assert (second["State"], second["Result"]) == ("Stopped", "Success")
+    names = {e["Rel"] for e in record_of(chains, second["Id"])["Created"] if e["Kind"] == "File"}
+    assert set(created) & names  # the same names: only the folder's identity tells them apart
+    return first["Id"], second["Backups"][0]["CopyId"]
+
+
+@pytest.mark.parametrize("action", ["Undo", "SkipFailed", "Retry"])
+def test_a_folder_removed_by_hand_and_made_again_by_another_session_is_not_the_first_ones(
+    chains, bcs, shell, action
+):
+    failed_id, copy_id = failed_then_replaced(chains, shell, bcs)
+    folder = chains / "copies/Daily SQL"
+    kept = folder_state(folder)
+    shown = f"{chains}/copies/Daily SQL is no longer the folder this session made"
+
+    status, done, err = resume(chains, failed_id, action)
+    assert folder_state(folder) == kept, f"{action} touched the other session's folder"
+    if action == "Retry":
+        assert status == 1, err
+        assert done["State"] == "ActionRequired"
+        assert shown in done["Backups"][0]["Error"], done["Backups"][0]["Error"]
+        events = bcs("Get-CopySession", "-Id", failed_id, "-Log").objects
+        retried = events[max(i for i, e in enumerate(events) if e["Event"] == "ActionTaken") :]
+        assert not [e for e in retried if e["Event"] in ("FileCopied", "FileFailed")], retried
+        # Then finalized: Undo leaves it alone too.
+        status, done, err = resume(chains, failed_id, "Undo")
+        assert folder_state(folder) == kept
+    assert status == 0, err
+    assert (done["State"], done["Result"]) == ("Stopped", "Failed")
+    assert f"left in place: {shown}" in done["Reason"], done["Reason"]
+    events = bcs("Get-CopySession", "-Id", failed_id, "-Log").objects
+    assert any(shown in e["Message"] for e in events), events
+    assert [c["Id"] for c in copies(bcs)] == [copy_id]
+    assert bcs("Test-Backup", copy_id).status == 0
+    assert sorted(os.listdir(chains / "copies")) == ["Daily SQL"]
+    assert job(bcs, "Daily SQL")["HeldBy"] == [] and job(bcs, "Daily SQL")["Enabled"]
+
+
+def test_a_claim_killed_after_its_rename_never_adopts_a_folder_made_again_by_another_session(
+    chains, bcs, shell
+):
+    """Killed right after the claim folder was renamed into place: Retry would adopt the folder
+    of that name as the one its claim made, but it was removed by hand and made again."""
+    (chains / "copies").mkdir()
+    killed = run_injected(
+        chains,
+        [Fault("cmdlets.backup.location:LocalLocation.rename", "kill-after", nth=1)],
+        "Start-BackupCopy",
+        "Daily SQL",
+        "-Path",
+        "copies",
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    interrupted = only(bcs("Get-CopySession").objects)
+    assert shell("rm -rf 'copies/Daily SQL'").returncode == 0
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "copies")
+    assert status == 0, err
+    copy_id = json.loads(out)["Backups"][0]["CopyId"]
+    folder = chains / "copies/Daily SQL"
+    kept = folder_state(folder)
+
+    status, retried, err = resume(chains, interrupted["Id"], "Retry")
+    assert status == 1, err
+    assert folder_state(folder) == kept
+    assert "made by someone else" in retried["Reason"], retried["Reason"]
+    status, undone, err = resume(chains, interrupted["Id"], "Undo")
+    assert status == 0, err
+    assert (undone["State"], undone["Result"]) == ("Stopped", "Failed")
+    assert folder_state(folder) == kept
+    assert bcs("Test-Backup", copy_id).status == 0
+    assert sorted(os.listdir(chains / "copies")) == ["Daily SQL"]
+
+
+@pytest.mark.parametrize("action", ["Undo", "Retry"])
+def test_folders_made_on_the_way_and_made_again_by_another_session_are_left_alone(
+    chains, bcs, shell, action
+):
+    """Session A made deep/copies/Daily SQL and failed; 'deep' is removed by hand and session
+    B makes the same three folders again: none of them is A's any more."""
+    vib = sorted((chains / "repo/main/Daily SQL").glob("*.vib"))[-1]
+    original = corrupt(vib)
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "deep/copies")
+    assert status == 1, err
+    failed_id = json.loads(out)["Id"]
+    vib.write_bytes(original)
+    assert shell("rm -rf deep").returncode == 0
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "deep/copies")
+    assert status == 0, err
+    copy_id = json.loads(out)["Backups"][0]["CopyId"]
+    kept = {p: folder_state(chains / p) for p in ("deep", "deep/copies", "deep/copies/Daily SQL")}
+
+    status, done, err = resume(chains, failed_id, action)
+    assert {p: folder_state(chains / p) for p in kept} == kept
+    if action == "Retry":
+        assert status == 1, err
+        error = done["Backups"][0]["Error"]
+        assert f"{chains}/deep is no longer the folder this session made" in error, error
+        status, done, err = resume(chains, failed_id, "Undo")
+        assert {p: folder_state(chains / p) for p in kept} == kept
+    assert status == 0, err
+    for folder in ("deep/copies/Daily SQL", "deep/copies", "deep"):
+        note = f"left in place: {chains}/{folder} is no longer the folder this session made"
+        assert note in done["Reason"], done["Reason"]
+    assert bcs("Test-Backup", copy_id).status == 0
+
+
+def test_retry_after_the_folder_was_removed_by_hand_copies_every_file_again(chains, bcs, shell):
+    """Nobody made the folder again: Retry claims it anew, and the files it had copied into
+    the folder that is gone are copied again (not taken as copied: the copy would lack them)."""
+    vib = sorted((chains / "repo/main/Daily SQL").glob("*.vib"))[-1]
+    original = corrupt(vib)
+    status, out, err = run_process(chains, "Start-BackupCopy", "Daily SQL", "-Path", "copies")
+    assert status == 1, err
+    failed_id = json.loads(out)["Id"]
+    vib.write_bytes(original)
+    assert shell("rm -rf 'copies/Daily SQL'").returncode == 0
+    status, done, err = resume(chains, failed_id, "Retry")
+    assert status == 0, err
+    assert (done["State"], done["Result"]) == ("Stopped", "Success")
+    (copy,) = copies(bcs)
+    assert copy["RestorePoints"] == 3
+    assert bcs("Test-Backup", copy["Id"]).status == 0
+    undone = bcs("Get-CopySession", "-Id", failed_id, "-Log").objects
+    assert any(e["Event"] == "FolderGone" for e in undone)
+
+
+def test_a_session_recorded_before_folder_identities_is_retried_as_before(chains, bcs):
+    vib = sorted((chains / "repo/main/Daily SQL").glob("*.vib"))[-1]
+    original = corrupt(vib)
+    failed = bcs("Start-BackupCopy", "Daily SQL", "-Path", "copies")
+    assert failed.status == 1
+    failed_id = failed.objects[0]["Id"]
+    vib.write_bytes(original)
+    path = chains / ".bcs/sessions" / f"{failed_id}.json"
+    record = json.loads(path.read_text())
+    record.pop("Identities", None)  # as a session recorded before identities were
+    path.write_text(json.dumps(record))
+    retried = bcs("Resume-CopySession", failed_id, "-Action", "Retry")
+    assert retried.status == 0, retried.stderr
+    (copy,) = copies(bcs)
+    assert bcs("Test-Backup", copy["Id"]).status == 0
+    assert "Identities" not in record_of(chains, failed_id)
+
+
+@pytest.mark.parametrize("action", ["Undo", "Retry"])
+def test_on_a_share_a_folder_removed_by_hand_and_made_again_is_not_the_first_sessions(
+    share_chain, samba, bcs, action
+):
+    password = with_password(samba)
+    target = ["Daily SQL", "-Path", f"{samba.url}/copies", "-Credential", "nas"]
+    vib = sorted((share_chain / "repo/main/Daily SQL").glob("*.vib"))[-1]
+    original = corrupt(vib)
+    failed = bcs("Start-BackupCopy", *target, environ=password)
+    assert failed.status == 1, failed.stderr
+    failed_id = failed.objects[0]["Id"]
+    vib.write_bytes(original)
+    folder = samba.share / "copies/Daily SQL"
+    subprocess.run(["rm", "-rf", str(folder)], check=True)  # by hand, on the server
+    second = start_injected(share_chain, [], "Start-BackupCopy", *target, environ=password)
+    status, out, err = finish(second)
+    assert status == 0, err
+    copy_id = json.loads(out)["Backups"][0]["CopyId"]
+    kept = folder_state(folder)
+    shown = f"{samba.url}/copies/Daily SQL is no longer the folder this session made"
+
+    resumed = start_injected(
+        share_chain,
+        [],
+        "Resume-CopySession",
+        failed_id,
+        "-Action",
+        action,
+        *(["-Force"] if action == "Undo" else []),
+        environ=password,
+    )
+    status, out, err = finish(resumed)
+    done = json.loads(out)
+    assert folder_state(folder) == kept, f"{action} touched the other session's folder"
+    if action == "Retry":
+        assert status == 1, err
+        assert shown in done["Backups"][0]["Error"], done["Backups"][0]["Error"]
+        undone = bcs("Resume-CopySession", failed_id, "-Action", "Undo", "-Force", environ=password)
+        status, err, done = undone.status, undone.stderr, undone.objects[0]
+        assert folder_state(folder) == kept
+    assert status == 0, err
+    assert f"left in place: {shown}" in done["Reason"], done["Reason"]
+    assert bcs("Test-Backup", copy_id, environ=password).status == 0
+    assert sorted(os.listdir(samba.share / "copies")) == ["Daily SQL"]

@@ -9,9 +9,10 @@ The order of events makes a crash at any moment recoverable:
 3. each folder the session makes at the target (a backup's folder, or a missing folder on
    the way for -Path) is claimed atomically: made under a name only this session uses, then
    renamed into place without replacing anything, so that of two sessions racing for one
-   folder exactly one gets it (see _claim); the session records as created only what it
-   made itself, and only then the files it is about to make in its own folder (so that Undo
-   removes exactly what the session created, and nothing else);
+   folder exactly one gets it, and its identity is recorded, so that a folder made again
+   under its name is never taken for it (see claims); the session records as created only
+   what it made itself, and only then the files it is about to make in its own folder (so
+   that Undo removes exactly what the session created, and nothing else);
 4. files are copied under temporary names, verified against the checksums of the source's
    metadata, made durable and renamed; progress is journaled at checkpoints so that Retry
    resumes from the bytes already durable;
@@ -22,15 +23,14 @@ The order of events makes a crash at any moment recoverable:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from cmdlets.backup import jobs, sessions
+from cmdlets.backup import claims, jobs, sessions
 from cmdlets.backup.catalog import COPIES, Backup
 from cmdlets.backup.chain import (
     BackupMetadata,
@@ -40,6 +40,7 @@ from cmdlets.backup.chain import (
     metadata_path,
     validate_name,
 )
+from cmdlets.backup.claims import Folder, claim, settle_claim
 from cmdlets.backup.inventory import Inventory, Repository
 from cmdlets.backup.location import FILE_MODE, Location, LocationError, Locations, TargetFile
 from cmdlets.host.errors import BcsError, InvalidOperationError, NotFoundError, UsageError
@@ -357,6 +358,7 @@ def plan(
         "Created": [],
         "CreatedRoots": [],
         "Claiming": [],
+        "Identities": [],
         "ProcessId": None,
         "CreationTime": format_time(now),
         "EndTime": None,
@@ -478,6 +480,9 @@ class _Below:
     def list_dir(self, rel: str) -> list[str]:
         return self._top.list_dir(self._at(rel))
 
+    def identity(self, rel: str) -> str | None:
+        return self._top.identity(self._at(rel))
+
 
 def _top_of(record: Record, locations: Locations) -> tuple[str, Location, str]:
     """The folder the target is reached from (its path and location) and the location path of
@@ -512,7 +517,7 @@ def _nearest_existing(path: Path) -> Path:
 
 def make_root(state: StateDir, record: Record, clock: Clock, locations: Locations) -> None:
     """Create the target folder and the missing folders above it (for -Path), each claimed like
-    a backup's folder (see _claim), through the location of the nearest folder that exists (or
+    a backup's folder (see claims), through the location of the nearest folder that exists (or
     of the share): never by a full path, which a link swapped in on the way would redirect."""
     target = record["Target"]
     if locations.is_local(target["Path"]) and not record.get("TargetBase"):
@@ -525,13 +530,15 @@ def make_root(state: StateDir, record: Record, clock: Clock, locations: Location
     parts = rel.split("/") if rel else []
     for count in range(1, len(parts) + 1):
         prefix = "/".join(parts[:count])
-        folder = _Folder(top, prefix, None, _shown(top_path, prefix))
+        folder = Folder(top, prefix, None, _shown(top_path, prefix))
         record = sessions.read(state, record["Id"]) or record
         if top.is_dir(prefix) and folder.claiming not in record.get("Claiming", []):
+            if folder.mine(record) and folder.replaced(record):
+                raise claims.FolderReplacedError(folder.shown)
             # There before, or made by someone else meanwhile: walked into, never through a
             # link (the location refuses those).
             continue
-        if _claim(state, record["Id"], folder):
+        if claim(state, record["Id"], folder):
             sessions.log(state, record["Id"], clock(), "FolderCreated", folder.shown)
 
 
@@ -547,11 +554,15 @@ def _remove_roots(state: StateDir, record: Record, clock: Clock, locations: Loca
     parts = rel.split("/") if rel else []
     for count in range(len(parts), 0, -1):
         prefix = "/".join(parts[:count])
-        folder = _Folder(top, prefix, None, _shown(top_path, prefix))
-        left += _settle_claim(state, record["Id"], folder, clock)
-        if not folder.mine(sessions.read(state, record["Id"]) or {}):
+        folder = Folder(top, prefix, None, _shown(top_path, prefix))
+        left += settle_claim(state, record["Id"], folder, clock)
+        current = sessions.read(state, record["Id"]) or {}
+        if not folder.mine(current):
             continue
         try:
+            if folder.replaced(current):
+                claims.leave(state, record["Id"], folder, clock)
+                continue
             if top.is_dir(prefix) and top.list_dir(prefix):
                 left.append(folder.shown)
                 continue
@@ -562,153 +573,6 @@ def _remove_roots(state: StateDir, record: Record, clock: Clock, locations: Loca
         sessions.update(state, record["Id"], folder.disown)
         sessions.log(state, record["Id"], clock(), "Removed", folder.shown)
     return left
-
-
-# -- claiming folders --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Folder:
-    """A folder a session makes at ``rel`` of ``location``: the folder of the backup at index
-    ``backup``, or (``backup`` None) a folder on the way to the target; ``shown`` names it for
-    people. ``Created`` (backup folders) and ``CreatedRoots`` (the others) list those that are
-    the session's own; ``Claiming`` those whose claim folder was made (see _claim)."""
-
-    location: Location
-    rel: str
-    backup: int | None
-    shown: str
-
-    @property
-    def claiming(self) -> dict[str, Any]:
-        return {"Backup": self.backup, "Rel": self.rel}
-
-    def _entry(self) -> Any:
-        if self.backup is None:
-            return self.shown
-        return {"Backup": self.backup, "Kind": "Dir", "Rel": self.rel}
-
-    def _list(self, record: Record) -> list[Any]:
-        listed: list[Any] = record.setdefault(
-            "CreatedRoots" if self.backup is None else "Created", []
-        )
-        return listed
-
-    def mine(self, record: Record) -> bool:
-        return self._entry() in self._list(record)
-
-    def own(self, record: Record) -> None:
-        if not self.mine(record):
-            self._list(record).append(self._entry())
-
-    def disown(self, record: Record) -> None:
-        if self.mine(record):
-            self._list(record).remove(self._entry())
-
-    def claimed(self, record: Record) -> None:
-        claims = record.setdefault("Claiming", [])
-        if self.claiming not in claims:
-            claims.append(self.claiming)
-
-    def unclaimed(self, record: Record) -> None:
-        claims = record.setdefault("Claiming", [])
-        if self.claiming in claims:
-            claims.remove(self.claiming)
-
-
-def claim_name(rel: str, session_id: str) -> str:
-    """The name a folder is made under before it is renamed into place: beside it, hidden,
-    and used by this session alone."""
-    head, _, name = rel.rpartition("/")
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) > 200:  # room for the rest within a file system's 255 bytes
-        import hashlib
-
-        name = hashlib.sha256(raw).hexdigest()[:16]
-    claim = f".{name}.{session_id}.claim"
-    return f"{head}/{claim}" if head else claim
-
-
-def _claim(
-    state: StateDir, session_id: str, folder: _Folder, also: Sequence[tuple[str, str]] = ()
-) -> bool:
-    """Make ``folder`` this session's own: True if it is (made now, or by an interrupted
-    earlier attempt), False if anything else has its name.
-
-    Sessions that passed their checks at once (or any other process) may make the same
-    folder. It is made under a name only this session uses (claim_name), then renamed into
-    place by a rename that never replaces anything: exactly one of them gets it, and the
-    others record nothing in it and never write into it. The claim folder is recorded once it
-    is made, before the rename, so after a crash a recorded claim folder that is gone was
-    renamed into place. ``also`` lists (kind, rel) of what the session is about to create in
-    the folder, recorded for Undo in the same write that records the folder as its own."""
-    location, rel = folder.location, folder.rel
-    claim = claim_name(rel, session_id)
-
-    def take(record: Record) -> None:
-        folder.unclaimed(record)
-        folder.own(record)
-        _add_created(record, folder.backup, also)
-
-    record = sessions.read(state, session_id) or {}
-    if folder.mine(record):
-        if location.is_dir(rel):
-            if also:
-                sessions.update(state, session_id, take)
-            return True
-        # Gone: removed by an Undo that was interrupted, or by hand. It is claimed anew.
-        sessions.update(state, session_id, folder.disown)
-    elif (
-        folder.claiming in record.get("Claiming", [])
-        and not location.exists(claim)
-        and location.is_dir(rel)
-    ):
-        sessions.update(state, session_id, take)  # renamed into place before a crash
-        return True
-    location.make_dir(claim)  # False: this session's claim folder, left by an earlier attempt
-    if folder.claiming not in record.get("Claiming", []):
-        sessions.update(state, session_id, folder.claimed)
-    try:
-        location.rename(claim, rel)
-    except FileExistsError:
-        with contextlib.suppress(OSError, BcsError):
-            location.remove_dir(claim)
-        sessions.update(state, session_id, folder.unclaimed)
-        return False
-    sessions.update(state, session_id, take)
-    return True
-
-
-def _settle_claim(state: StateDir, session_id: str, folder: _Folder, clock: Clock) -> list[str]:
-    """Before Undo removes ``folder``: remove a claim folder an interrupted claim left, or
-    take the folder as the session's own if the claim was renamed into place before a crash.
-    Returns what could not be removed."""
-    location = folder.location
-    claim = claim_name(folder.rel, session_id)
-    recorded = folder.claiming in (sessions.read(state, session_id) or {}).get("Claiming", [])
-    present = False
-    try:
-        present = location.is_dir(claim)
-        if present:
-            location.remove_dir(claim)
-            sessions.log(state, session_id, clock(), "Removed", _shown(location.description, claim))
-        elif recorded and location.is_dir(folder.rel):
-            sessions.update(state, session_id, folder.own)
-    except (OSError, BcsError) as exc:
-        if not recorded and not present:
-            return []  # nothing recorded, and no claim folder could be looked for
-        # A link in the way, or a claim folder someone put something into: it stays.
-        return [f"{claim} ({getattr(exc, 'strerror', None) or exc})"]
-    if recorded:
-        sessions.update(state, session_id, folder.unclaimed)
-    return []
-
-
-def _add_created(record: Record, index: int | None, paths: Sequence[tuple[str, str]]) -> None:
-    for kind, rel in paths:
-        entry = {"Backup": index, "Kind": kind, "Rel": rel}
-        if entry not in record["Created"]:
-            record["Created"].append(entry)
 
 
 class _Journal:
@@ -773,7 +637,7 @@ def _remember(state: StateDir, session_id: str, index: int, paths: list[tuple[st
     """Record, before creating them, the files the session is about to make in a folder of
     its own (one durable write for the whole list: every fsync counts on a chain of many
     files)."""
-    sessions.update(state, session_id, lambda r: _add_created(r, index, paths))
+    sessions.update(state, session_id, lambda r: claims.add_created(r, index, paths))
 
 
 def _replan(state: StateDir, session_id: str, index: int, clock: Clock) -> None:
@@ -856,6 +720,10 @@ def copy_backup(
         "BackupStarted",
         f"copying '{backup['Name']}' from {source} to {record['Target']['Path']}/{folder}",
     )
+    shown = _shown(record["Target"]["Path"], folder)
+    own = Folder(location, folder, index, shown)
+    if own.mine(record) and not location.is_dir(folder):
+        backup = _start_over(state, session_id, index, clock)
     created: list[tuple[str, str]] = []
     tasks = []
     for entry in backup["Files"]:
@@ -866,8 +734,7 @@ def copy_backup(
         tasks.append(
             FileTask(source / entry["File"], rel, entry["Size"], entry["Sha256"], entry["Durable"])
         )
-    shown = _shown(record["Target"]["Path"], folder)
-    if not _claim(state, session_id, _Folder(location, folder, index, shown), created):
+    if not claim(state, session_id, own, created):
         raise InvalidOperationError(
             f"the target folder {shown} was made by someone else after this session's checks "
             "(another copy started at the same time?); the session did not write into it and "
@@ -902,6 +769,28 @@ def copy_backup(
         f"'{backup['Name']}' copied and registered as backup {backup['CopyId']}",
     )
     return True, written
+
+
+def _start_over(state: StateDir, session_id: str, index: int, clock: Clock) -> Record:
+    """The folder the session made for a backup is gone (removed by hand), and with it the
+    files copied into it: every file is copied again, into the folder claimed anew."""
+
+    def change(record: Record) -> None:
+        backup = record["Backups"][index]
+        for entry in backup["Files"]:
+            entry["Copied"], entry["Durable"] = False, 0
+        backup["BytesCopied"] = 0
+
+    record = sessions.update(state, session_id, change)
+    backup: Record = record["Backups"][index]
+    sessions.log(
+        state,
+        session_id,
+        clock(),
+        "FolderGone",
+        f"the folder of '{backup['Name']}' is gone: every file of it is copied again",
+    )
+    return backup
 
 
 def _write_copy_metadata(
@@ -1188,12 +1077,24 @@ def _remove_backup(
     """remove_created for one backup. Each removal is recorded as it is done, the files before
     their folder: an Undo killed half-way and run again never removes anything from a folder
     of the same name that someone else made since (by then the names of the files that were
-    in it are forgotten)."""
+    in it are forgotten). Nothing is removed from a folder that is not the session's own, or
+    no longer the one it made (see claims)."""
     session_id = record["Id"]
     name = record["Backups"][index]["Folder"]
-    folder = _Folder(location, name, index, _shown(record["Target"]["Path"], name))
-    left = _settle_claim(state, session_id, folder, clock)
+    folder = Folder(location, name, index, _shown(record["Target"]["Path"], name))
+    left = settle_claim(state, session_id, folder, clock)
     current = sessions.read(state, session_id) or {}
+    if not folder.mine(current):
+        # Its files are recorded only once it is (a record written before folders were
+        # claimed may name files in a folder another session made: they are not removed).
+        return left
+    try:
+        if folder.replaced(current):
+            claims.leave(state, session_id, folder, clock)
+            return left
+    except (OSError, BcsError) as exc:
+        left.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
+        return left
     files = [e for e in current["Created"] if e["Backup"] == index and e["Kind"] == "File"]
     removed: list[dict[str, Any]] = []
     for entry in reversed(files):
@@ -1210,8 +1111,6 @@ def _remove_backup(
             current["Created"] = [e for e in current["Created"] if e not in removed]
 
         sessions.update(state, session_id, forget)
-    if not folder.mine(current):
-        return left
     try:
         if location.is_dir(name) and location.list_dir(name):
             left.append(name)
@@ -1285,9 +1184,14 @@ def _finalize(
         current["Result"] = result
         current["EndTime"] = format_time(clock())
         current["ProcessId"] = None
-        current["Actions"][-1]["Result"] = "Success" if not left else "Warning"
+        notes = [
+            f"left in place: {claims.replaced_text(shown)}" for shown in current.get("Replaced", [])
+        ]
         if left:
-            current["Reason"] = "left in place (not empty or not removable): " + ", ".join(left)
+            notes.append("left in place (not empty or not removable): " + ", ".join(left))
+        current["Actions"][-1]["Result"] = "Warning" if notes else "Success"
+        if notes:
+            current["Reason"] = "; ".join(notes)
         elif not kept and action == "SkipFailed":
             current["Reason"] = "no backup was copied: nothing of the session was kept"
 

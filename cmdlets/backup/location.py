@@ -118,6 +118,13 @@ class Location(Protocol):
     def list_dir(self, rel: str) -> list[str]:
         """The names in folder ``rel`` (``""`` is the root), sorted."""
 
+    def identity(self, rel: str) -> str | None:
+        """What tells the folder ``rel`` from any other folder that has, or had, its name (a
+        folder removed and made again), or None if there is no folder by that name. A copy
+        session records it when it makes a folder, and touches the folder later only while it
+        is still that one (see cmdlets/backup/claims.py). It never changes while the folder lives,
+        including when it is renamed."""
+
 
 class CredentialError(BcsError):
     """A credential's password cannot be read, or is kept where others could read it."""
@@ -598,6 +605,20 @@ class LocalLocation:
                 target=self._show(rel),
             )
 
+    def identity(self, rel: str) -> str | None:
+        # The inode number alone is not enough: ext4 gives a folder made right after another
+        # was removed the same number. With its birth time it is unique; the device number is
+        # then left out, as it changes when a disk is plugged in again.
+        try:
+            with self._dir(rel) as fd:
+                st = os.fstat(fd)
+                born = _birth_time(fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if born is None:  # a file system that keeps no birth time
+            return f"{st.st_dev}:{st.st_ino}"
+        return f"{st.st_ino}@{born}"
+
 
 @functools.cache
 def _renameat2() -> Callable[[int, bytes, int, bytes], int] | None:
@@ -623,3 +644,46 @@ def _ctypes_errno() -> int:
     import ctypes
 
     return ctypes.get_errno()
+
+
+_AT_EMPTY_PATH = 0x1000
+_STATX_BTIME = 0x800
+
+
+@functools.cache
+def _statx() -> Callable[[int], bytes | None] | None:
+    """``statx`` of an open file from the C library (Python 3.11 has no os.statx): its
+    ``struct statx`` with the birth time asked for, or None where there is none."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).statx
+    except (OSError, AttributeError):
+        return None
+    int_, uint = ctypes.c_int, ctypes.c_uint
+    function.argtypes = [int_, ctypes.c_char_p, int_, uint, ctypes.c_void_p]
+    function.restype = int_
+
+    def statx(fd: int) -> bytes | None:
+        buffer = ctypes.create_string_buffer(256)  # sizeof(struct statx)
+        if function(fd, b"", _AT_EMPTY_PATH, _STATX_BTIME, buffer) != 0:
+            return None
+        return buffer.raw
+
+    return statx
+
+
+def _birth_time(fd: int) -> int | None:
+    """When the open file ``fd`` was made, in nanoseconds since the epoch, or None where the
+    kernel or the file system does not say."""
+    import struct
+
+    statx = _statx()
+    buffer = statx(fd) if statx is not None else None
+    if buffer is None:
+        return None
+    (mask,) = struct.unpack_from("=I", buffer, 0)  # stx_mask
+    if not mask & _STATX_BTIME:
+        return None
+    seconds, nanoseconds = struct.unpack_from("=qI", buffer, 80)  # stx_btime
+    return int(seconds) * 1_000_000_000 + int(nanoseconds)

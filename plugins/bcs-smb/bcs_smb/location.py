@@ -495,6 +495,18 @@ class SmbLocation:
     def flush(self, raw: SMBFileIO) -> None:
         self._receive_flush(raw.fd)
 
+    # The protocol, continued.
+
+    def identity(self, rel: str) -> str | None:
+        # smbclient's stat asks the server for FileInternalInformation (st_ino: the file id)
+        # and FileBasicInformation (st_ctime_ns: the creation time). Samba's file id is the
+        # inode number on its disk, which ext4 gives again to a folder made right after one
+        # was removed; the creation time tells those apart. Both survive a rename.
+        st = self._lstat(rel)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return None
+        return f"{st.st_ino}@{st.st_ctime_ns}"
+
 
 class SmbFile:
     """A TargetFile on a share: writes go out pipelined, ``sync`` collects them and flushes.
